@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian/Ubuntu machine needs, idempotent: system packages, .venv, the test-host image.
+# The local backend runs rootful podman, so this runs as root (or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+packages=(podman runc debootstrap rsync openssh-client openssh-server tmux git zstd iproute2 ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c 'import volt_ansible.cli, ansible_runner, vastai' # fail here, not later, if the install broke
+
+export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
+.venv/bin/volt-ansible local image host >/dev/null   # debootstrap once (~1 min), then cached by recipe
+echo "setup: ready (activate with: source .venv/bin/activate)"

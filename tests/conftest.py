@@ -1,0 +1,88 @@
+"""Shared fixtures: a throwaway copy of the project, and the CLI run in it as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["ansible.cfg", "group_vars", "inventory", "playbooks", "roles"]
+
+
+@dataclass
+class Project:
+    root: Path
+    home: Path  # short: ssh ControlPath sockets live under it and must fit 108 bytes
+
+    @property
+    def volt_dir(self) -> Path:
+        return self.root / ".volt"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLT_", "VAST_", "ANSIBLE_"))}
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        env["HOME"] = str(self.home)  # no stray ~/.vast_api_key, no shared ~/.ansible
+        env.update(extra)
+        return env
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "volt_ansible", *args], cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"volt-ansible {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def sh(self, cmd: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, shell=True, cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def spec(self, **sections: dict) -> None:
+        """Merge changes into this project's group_vars/all.yml (e.g. volt_provision={...})."""
+        path = self.root / "group_vars" / "all.yml"
+        data = yaml.safe_load(path.read_text())
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def double(self):
+        from volt_ansible.local.double import LocalVast
+
+        return LocalVast(self.volt_dir / "local")
+
+    def state(self) -> dict:
+        import json
+
+        return json.loads((self.volt_dir / "state.json").read_text())
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    root = tmp_path / "project"
+    root.mkdir()
+    home = Path(tempfile.mkdtemp(prefix="vh-", dir="/tmp"))
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, symlinks=True)
+        elif src.exists():
+            shutil.copy2(src, root / name)
+    (root / "volt_ansible").symlink_to(REPO / "volt_ansible")
+    p = Project(root, home)
+    yield p
+    if (p.volt_dir / "local").exists():
+        p.double().clean()
+    shutil.rmtree(home, ignore_errors=True)

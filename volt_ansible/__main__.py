@@ -1,0 +1,3 @@
+from volt_ansible.cli import main
+
+main()

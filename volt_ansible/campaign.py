@@ -1,0 +1,210 @@
+"""The campaign's decisions: which offer, when an instance is usable, what to record, when to destroy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from volt_ansible import spec as spec_mod
+from volt_ansible import ssh
+from volt_ansible import state as state_mod
+from volt_ansible.errors import VoltError
+from volt_ansible.state import Instance, LedgerEntry, State
+from volt_ansible.vast import DEAD_STATUSES, Backend, Vast
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Plan:
+    offer: dict
+    dph: float
+
+    @property
+    def per_day(self) -> float:
+        return self.dph * 24
+
+
+def offers(backend: Backend, limit: int | None = None) -> list[dict]:
+    spec = spec_mod.load()
+    with Vast(backend, state_mod.volt_dir()) as vast:
+        found = vast.search(spec.instance, limit)
+        if not found:
+            raise VoltError(f"no offer matches the spec: {vast.explain_no_match(spec.instance)}")
+        return found
+
+
+def choose(vast: Vast, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
+    found = vast.search(spec.instance)
+    if offer_id is not None:
+        match = next((o for o in found if o["id"] == offer_id), None)
+        if match is None:
+            raise VoltError(f"offer {offer_id} is not among the offers matching the spec: run `volt-ansible offers` and pick an ID it lists")
+        return Plan(match, match["dph_total"])
+    if not found:
+        raise VoltError(f"no offer matches the spec: {vast.explain_no_match(spec.instance)}")
+    return Plan(found[0], found[0]["dph_total"])
+
+
+def plan(backend: Backend, offer_id: int | None = None) -> Plan:
+    spec = spec_mod.load()
+    with Vast(backend, state_mod.volt_dir()) as vast:
+        return choose(vast, spec, offer_id)
+
+
+def _record(state: State, **changes) -> None:
+    assert state.instance is not None
+    state.instance = state.instance.model_copy(update=changes)
+    state_mod.save(state)
+
+
+def _close_ledger(state: State, instance_id: int, reason: str) -> None:
+    entry = state.open_entry(instance_id)
+    if entry:
+        entry.ended_at = time.time()
+        entry.end_reason = reason
+
+
+def _abandon(vast: Vast, state: State, reason: str) -> VoltError:
+    """Destroy a half-made instance (nothing is on it yet) so a failed provision never keeps billing."""
+    assert state.instance is not None
+    iid = state.instance.id
+    try:
+        vast.destroy(iid)
+        outcome = f"instance {iid} was destroyed"
+    except VoltError as e:
+        outcome = f"destroying instance {iid} failed too ({e}): run `volt-ansible destroy --yes`"
+        return VoltError(f"{reason}; {outcome}")
+    _close_ledger(state, iid, f"abandoned: {reason}")
+    state.instance = None
+    state_mod.save(state)
+    return VoltError(f"{reason}; {outcome}")
+
+
+def _wait_running(vast: Vast, state: State, timeout: float, interval: float, progress: Progress) -> dict:
+    assert state.instance is not None
+    iid, deadline, last = state.instance.id, time.monotonic() + timeout, "unknown"
+    while True:
+        row = vast.show(iid)
+        last = (row or {}).get("actual_status") or "created"
+        progress(f"instance {iid}: {last}")
+        if row is None:
+            raise _abandon(vast, state, f"instance {iid} vanished from the API while starting")
+        if last == "running" and row.get("ssh_port"):
+            return row
+        if last in DEAD_STATUSES:
+            msg = row.get("status_msg") or "no message"
+            raise _abandon(vast, state, f"instance {iid} went {last} while starting ({msg}): the host is unusable, provision again to rent another")
+        if time.monotonic() > deadline:
+            raise _abandon(
+                vast,
+                state,
+                f"instance {iid} did not reach running in {timeout:g} s (last status {last}): "
+                f"provision again, or raise volt_provision.running_timeout_s",
+            )
+        time.sleep(interval)
+
+
+def _wait_ssh(vast: Vast, state: State, host: str, port: int, timeout: float, interval: float, progress: Progress) -> None:
+    volt_dir, deadline = state_mod.volt_dir(), time.monotonic() + timeout
+    pinned = False
+    while time.monotonic() < deadline:
+        if not pinned and ssh.banner(host, port):
+            progress(f"sshd answers on {host}:{port}: pinning its host key")
+            ssh.pin_host_key(volt_dir, host, port)
+            pinned = True
+        if pinned and ssh.can_login(volt_dir, host, port):
+            return
+        progress(f"waiting for sshd on {host}:{port}")
+        time.sleep(min(interval, 1.0))
+    raise _abandon(
+        vast,
+        state,
+        f"sshd on {host}:{port} did not accept the campaign key within {timeout:g} s: provision again, or raise volt_provision.ssh_timeout_s",
+    )
+
+
+def provision(backend: Backend, offer_id: int | None = None, progress: Progress = _quiet) -> Instance:
+    spec = spec_mod.load()
+    state = state_mod.load()
+    if state.instance is not None:
+        raise VoltError(f"instance {state.instance.id} ({state.instance.backend}) is already provisioned: use it, or `volt-ansible destroy` it first")
+    volt_dir = state_mod.volt_dir()
+    with Vast(backend, volt_dir) as vast:
+        public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
+        chosen = choose(vast, spec, offer_id)
+        progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
+        iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
+        # Record before anything else can fail: an instance we do not know about bills forever.
+        state.campaign = spec.campaign
+        state.instance = Instance(id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph)
+        state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
+        state_mod.save(state)
+        try:
+            vast.attach_ssh(iid, public_key)
+        except VoltError as e:
+            raise _abandon(vast, state, str(e)) from None
+        p = spec.provision
+        row = _wait_running(vast, state, p.running_timeout_s, p.poll_interval_s, progress)
+        live = float(row.get("dph_total") or 0)
+        cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
+        if live > cap:
+            raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
+        state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
+        host, port = row["ssh_host"], int(row["ssh_port"])
+        _record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
+        _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
+        return state.instance  # type: ignore[return-value]
+
+
+@dataclass
+class Status:
+    state: State
+    live: dict | None
+    cost_usd: float
+
+
+def status() -> Status:
+    state = state_mod.load()
+    live = None
+    if state.instance is not None:
+        with Vast(state.instance.backend, state_mod.volt_dir()) as vast:
+            live = vast.show(state.instance.id)
+        if live is not None and live.get("actual_status") and live["actual_status"] != state.instance.status:
+            _record(state, status=live["actual_status"])
+    return Status(state, live, state.total_cost())
+
+
+def destroy() -> int:
+    state = state_mod.load()
+    if state.instance is None:
+        raise VoltError(f"no instance to destroy: {state_mod.path()} records none (see `volt-ansible status`)")
+    inst = state.instance
+    with Vast(inst.backend, state_mod.volt_dir()) as vast:
+        vast.destroy(inst.id)
+    _close_ledger(state, inst.id, "destroyed")
+    ssh.forget_host(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
+    state.instance = None
+    state_mod.save(state)
+    return inst.id
+
+
+def ssh_command(extra: list[str]) -> list[str]:
+    state = state_mod.load()
+    if state.instance is None or not state.instance.ssh_port:
+        raise VoltError("no instance to connect to: run `volt-ansible provision` first")
+    return ssh.command(state_mod.volt_dir(), state.instance.ssh_host, state.instance.ssh_port) + extra
+
+
+def project_root() -> Path:
+    """The directory holding ansible.cfg and group_vars/: the current one (commands run from the project root)."""
+    root = Path.cwd()
+    if not (root / "ansible.cfg").exists() or not (root / "group_vars").is_dir():
+        raise VoltError(f"{root} is not a volt-ansible project (no ansible.cfg + group_vars/): cd to the project root")
+    return root

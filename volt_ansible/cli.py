@@ -1,0 +1,208 @@
+"""volt-ansible: parse, call campaign, print. Every VoltError becomes one red line and exit 1."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from volt_ansible import campaign
+from volt_ansible.errors import VoltError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rent a Vast.ai GPU and run a Volt-X training campaign on it.")
+local_app = typer.Typer(no_args_is_help=True, help="The embedded local backend: Vast API double + podman instances.")
+app.add_typer(local_app, name="local")
+out = Console()
+err = Console(stderr=True)
+
+BackendOpt = typer.Option("local", "--backend", "-b", help="vast (Vast.ai) or local (embedded test world)", envvar="VOLT_BACKEND")
+
+
+def _backend(value: str) -> str:
+    if value not in ("vast", "local"):
+        raise VoltError(f"--backend {value!r} is not a backend: use vast or local")
+    return value
+
+
+@contextmanager
+def _spinner(title: str) -> Iterator:
+    with out.status(title) as status:
+        yield lambda msg: status.update(f"{title}: {msg}")
+
+
+def _offer_table(offers: list[dict]) -> Table:
+    t = Table("ID", "$/h", "GPU", "cores", "RAM GB", "disk GB", "CUDA", "reliab.", "inet up/down Mb/s")
+    for o in offers:
+        t.add_row(
+            str(o["id"]),
+            f"{o['dph_total']:.3f}",
+            f"{o['num_gpus']}x {o['gpu_name']}",
+            str(o["cpu_cores"]),
+            f"{o['cpu_ram'] / 1000:.0f}",
+            f"{o['disk_space']:.0f}",
+            f"{o['cuda_max_good']:g}",
+            f"{o['reliability']:.3f}",
+            f"{o['inet_up']:.0f}/{o['inet_down']:.0f}",
+        )
+    return t
+
+
+@app.command()
+def offers(backend: str = BackendOpt, limit: int = typer.Option(10, "--limit", "-n", min=1)) -> None:
+    """List offers matching group_vars/all.yml, cheapest first, then more CPU cores, then reliability."""
+    found = campaign.offers(_backend(backend), limit)
+    out.print(_offer_table(found))
+
+
+@app.command()
+def provision(
+    backend: str = BackendOpt,
+    offer: int | None = typer.Option(None, "--offer", help="rent this offer ID instead of the best match"),
+    plan: bool = typer.Option(False, "--plan", help="print what would be rented and its cost; rent nothing"),
+) -> None:
+    """Rent the best matching instance, wait until SSH works, record it in .volt/state.json."""
+    backend = _backend(backend)
+    if plan:
+        p = campaign.plan(backend, offer)
+        out.print(_offer_table([p.offer]))
+        out.print(f"Would rent offer {p.offer['id']} at ${p.dph:.3f}/h = ${p.per_day:.2f}/day (nothing rented: --plan)")
+        return
+    with _spinner("provisioning") as progress:
+        inst = campaign.provision(backend, offer, progress)
+    out.print(f"[green]instance {inst.id} running[/] ({inst.gpu_name}, ${inst.dph_total:.3f}/h)")
+    out.print("ssh: " + " ".join(campaign.ssh_command([])), soft_wrap=True, highlight=False)
+
+
+@app.command()
+def status() -> None:
+    """What this campaign has rented, its live state and its cost so far."""
+    s = campaign.status()
+    if s.state.instance is None:
+        out.print("no instance provisioned")
+    else:
+        i, live = s.state.instance, s.live
+        shown = (live or {}).get("actual_status") or ("gone (not in the API)" if live is None else "unknown")
+        up = (time.time() - i.created_at) / 3600
+        out.print(
+            f"instance {i.id} {escape('[' + i.backend + ']')} {i.gpu_name}: [bold]{shown}[/]  ssh {i.ssh_host}:{i.ssh_port}  "
+            f"${i.dph_total:.3f}/h  up {up:.2f} h"
+        )
+    out.print(f"cost so far: ${s.cost_usd:.4f} over {len(s.state.ledger)} instance(s)")
+
+
+@app.command()
+def ssh(command: list[str] = typer.Argument(None, help="a command to run instead of a login shell")) -> None:
+    """Open an SSH session on the instance (pinned host key, campaign key)."""
+    argv = campaign.ssh_command(command or [])
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def destroy(yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
+    """Destroy the instance (never just stop it: a stopped Vast instance still bills storage)."""
+    s = campaign.status()
+    if s.state.instance is None:
+        raise VoltError("no instance to destroy: .volt/state.json records none (see `volt-ansible status`)")
+    if not yes and not typer.confirm(f"Destroy instance {s.state.instance.id}? Everything on its disk is deleted"):
+        raise typer.Exit(1)
+    iid = campaign.destroy()
+    out.print(f"instance {iid} destroyed")
+
+
+def _extravars(pairs: list[str]) -> dict:
+    extra: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise VoltError(f"-e {pair!r} is not key=value: write it as -e name=value")
+        extra[key.strip()] = yaml.safe_load(value) if value else ""
+    return extra
+
+
+@app.command()
+def run(
+    playbook: str = typer.Argument(..., help="a playbook in playbooks/ (name or file) or a path"),
+    extra: list[str] = typer.Option([], "-e", "--extra-vars", help="key=value, repeatable"),
+    limit: str | None = typer.Option(None, "--limit", "-l"),
+) -> None:
+    """Run a playbook against the campaign inventory through ansible-runner."""
+    from volt_ansible import playbook as pb
+    from volt_ansible.state import volt_dir
+
+    root = campaign.project_root()
+    path = pb.resolve(root, playbook)
+    extravars = _extravars(extra)
+    with _spinner(f"{path.stem}") as progress:
+        result = pb.run(root, path, volt_dir(), extravars, on_task=lambda task, n: progress(f"[{n}] {task}"), limit=limit)
+    for f in result.failures:
+        err.print(f"[red]FAILED[/] task '{escape(f.task)}' on {f.host}: {escape(f.msg)}", soft_wrap=True)
+    if result.rc != 0:
+        if not result.failures:
+            err.print(f"[red]ansible-playbook exited {result.rc}[/] ({result.status}); log: {result.log}")
+        raise typer.Exit(result.rc or 1)
+    out.print(f"[green]{path.stem} ok[/]: changed={result.changed}  log: {result.log}")
+
+
+@local_app.command("preempt")
+def local_preempt(instance: int | None = typer.Argument(None, help="default: the campaign's instance")) -> None:
+    """Kill a local instance's container the way a host preempts it (status becomes exited)."""
+    from volt_ansible.local.double import LocalVast
+    from volt_ansible.state import load, volt_dir
+
+    iid = instance if instance is not None else (load().instance.id if load().instance else None)
+    if iid is None:
+        raise VoltError("no instance to preempt: name one, or provision first")
+    LocalVast(volt_dir() / "local").preempt(iid)
+    out.print(f"local instance {iid} preempted")
+
+
+@local_app.command("clean")
+def local_clean() -> None:
+    """Remove every container the local double started for this project."""
+    from volt_ansible.local.double import LocalVast
+    from volt_ansible.state import volt_dir
+
+    n = LocalVast(volt_dir() / "local").clean()
+    out.print(f"removed {n} container(s)")
+
+
+@local_app.command("image")
+def local_image(recipe: str = typer.Argument("host", help="host or bare")) -> None:
+    """Build (once, then cached) a test-host image with debootstrap; print its name."""
+    from volt_ansible.local import image
+
+    if recipe not in image.RECIPES:
+        raise VoltError(f"no image recipe {recipe!r}: choose one of {', '.join(image.RECIPES)}")
+    out.print(image.ensure(image.RECIPES[recipe]))
+
+
+def main() -> None:
+    try:
+        rc = app(standalone_mode=False)
+    except VoltError as e:
+        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted: the state file is consistent; `volt-ansible status` shows where things stand")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)

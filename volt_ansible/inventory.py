@@ -1,0 +1,56 @@
+"""Ansible inventory built from `.volt/state.json`.
+
+Standard library only: `inventory/volt_state.py` imports this under whatever python3 runs
+plain `ansible-playbook`, with or without the project's virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GROUP = "volt"
+
+
+def host_name(instance_id: int) -> str:
+    # One name per instance: facts and SSH control sockets never carry over to a replacement.
+    return f"volt-{instance_id}"
+
+
+def build(volt_dir: Path) -> dict:
+    inv: dict = {"_meta": {"hostvars": {}}, GROUP: {"hosts": []}}
+    state_file = volt_dir / "state.json"
+    if not state_file.exists():
+        return inv
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"volt inventory: {state_file} is corrupt ({e}); run `volt-ansible status` for the fix") from None
+    inst = state.get("instance")
+    if not inst or not inst.get("ssh_port"):
+        return inv
+    name = host_name(inst["id"])
+    key = volt_dir / "id_ed25519"
+    known_hosts = volt_dir / "known_hosts"
+    inv[GROUP]["hosts"].append(name)
+    inv["_meta"]["hostvars"][name] = {
+        "ansible_host": inst["ssh_host"],
+        "ansible_port": inst["ssh_port"],
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(key),
+        # Pinned per instance: this campaign's known_hosts only, strict checking, never global "no".
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+        "volt_instance_id": inst["id"],
+        "volt_backend": inst.get("backend", ""),
+        "volt_gpu_name": inst.get("gpu_name", ""),
+    }
+    return inv
+
+
+def print_inventory(inv: dict, args: list[str]) -> int:
+    """The script-inventory protocol: --list, or --host NAME."""
+    if args[:1] == ["--host"]:
+        print(json.dumps(inv["_meta"]["hostvars"].get(args[1] if len(args) > 1 else "", {})))
+    else:
+        print(json.dumps(inv, indent=2))
+    return 0

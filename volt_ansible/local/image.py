@@ -1,0 +1,90 @@
+"""Test-host images built locally with debootstrap (no registry), cached by recipe hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from volt_ansible.errors import VoltError
+from volt_ansible.local import podman
+
+RECIPE_VERSION = 2  # bump when the steps below change
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    suite: str
+    include: tuple[str, ...]
+
+    @property
+    def tag(self) -> str:
+        blob = json.dumps({**asdict(self), "v": RECIPE_VERSION}, sort_keys=True).encode()
+        return f"localhost/volt-{self.name}:{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+# The instance image: what the roles expect on a prepared host.
+HOST = Recipe("host", "bookworm", ("openssh-server", "python3", "rsync", "sudo", "tmux", "git", "ca-certificates"))
+# A minimal Vast-like image: no python3, rsync or tmux (the bootstrap play installs them).
+BARE = Recipe("bare", "bookworm", ("openssh-server", "sudo", "ca-certificates"))
+RECIPES = {r.name: r for r in (HOST, BARE)}
+
+
+def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror apt already uses, so debootstrap needs no other network."""
+    texts = [p.read_text() for p in sorted(sources_dir.glob("sources.list.d/*.sources"))]
+    for text in texts:
+        for stanza in text.split("\n\n"):
+            if re.search(r"^Suites:.*\bbookworm\b", stanza, re.M) and (m := re.search(r"^URIs:\s*(\S+)", stanza, re.M)):
+                uri = m.group(1)
+                if "security" not in uri:
+                    return uri
+    lists = [sources_dir / "sources.list", *sorted(sources_dir.glob("sources.list.d/*.list"))]
+    for p in lists:
+        if p.exists() and (m := re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", p.read_text(), re.M)):
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+def ensure(recipe: Recipe = HOST) -> str:
+    """Return the image name, building it first if this recipe was never built here."""
+    if podman.exists("image", recipe.tag):
+        return recipe.tag
+    if not shutil.which("debootstrap"):
+        raise VoltError("debootstrap is not installed: apt-get install debootstrap (needed once to build the test-host image)")
+    with tempfile.TemporaryDirectory(prefix="volt-rootfs-") as tmp:
+        root = Path(tmp) / "rootfs"
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.include)}", recipe.suite, str(root), apt_mirror()]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+            raise VoltError(f"debootstrap {recipe.suite} failed: {' | '.join(tail)}")
+        # Each container generates its own host keys at start, like a fresh Vast instance.
+        for key in (root / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+        (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+        (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
+        (root / "etc/ssh/sshd_config.d/volt.conf").write_text("PermitRootLogin prohibit-password\nUseDNS no\n")
+        shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        proc = subprocess.run([podman.require(), "import", "-", recipe.tag], stdin=tar.stdout, env=podman.env(), capture_output=True)
+        tar.wait()
+        if proc.returncode != 0:
+            raise VoltError(f"podman import failed: {proc.stderr.decode().strip()}")
+    return recipe.tag
+
+
+SSHD_CMD = "ssh-keygen -A >/dev/null && mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or ["host"]:
+        print(ensure(RECIPES[name]))

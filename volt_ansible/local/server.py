@@ -1,0 +1,144 @@
+"""The Vast REST API double over HTTP on 127.0.0.1: the real `vastai` SDK is pointed at it."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from volt_ansible.local.double import LocalVast
+
+ROUTES = [
+    ("POST", r"/api/v0/bundles/?", "search"),
+    ("PUT", r"/api/v0/asks/(\d+)/?", "create"),
+    ("GET", r"/api/v0/instances/(\d+)/?", "show"),
+    ("DELETE", r"/api/v0/instances/(\d+)/?", "destroy"),
+    ("POST", r"/api/v0/instances/(\d+)/ssh/?", "attach_ssh"),
+    ("GET", r"/api/v1/instances/?", "list"),
+    ("GET", r"/api/v0/users/current/?", "user"),
+    ("POST", r"/_test/instances/(\d+)/preempt", "preempt"),
+    ("POST", r"/_test/faults", "faults"),
+]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    double: LocalVast  # set on the subclass made per server
+
+    def log_message(self, *args) -> None:  # quiet: the CLI owns the terminal
+        pass
+
+    def _send(self, status: int, body: object, headers: dict | None = None) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+        if self.headers.get("Authorization") != f"Bearer {self.double.api_key}":
+            return self._send(401, {"success": False, "error": "auth_error", "msg": "Invalid user key"})
+        if not url.path.startswith("/_test/") and (fault := self.double.take_http_fault(url.path)):
+            return self._send(fault["status"], fault["body"] or {"success": False, "error": "injected"}, {"Retry-After": "0"})
+        for verb, pattern, name in ROUTES:
+            if verb == method and (m := re.fullmatch(pattern, url.path)):
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                try:
+                    return getattr(self, f"op_{name}")(*m.groups(), body=body, query=query)
+                except Exception as e:  # a broken double must still answer like a server
+                    return self._send(500, {"success": False, "error": "server_error", "msg": f"{type(e).__name__}: {e}"})
+        self._send(404, {"success": False, "error": "not_found", "msg": f"{method} {url.path}"})
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    # -- operations ----------------------------------------------------------------------------
+    def op_search(self, body: dict, query: dict) -> None:
+        self._send(200, {"offers": self.double.search(body)})
+
+    def op_create(self, offer_id: str, body: dict, query: dict) -> None:
+        if not body.get("image"):
+            return self._send(400, {"success": False, "error": "invalid_args", "msg": "image is required"})
+        self._send(200, self.double.create(int(offer_id), body))
+
+    def op_show(self, iid: str, body: dict, query: dict) -> None:
+        self._send(200, {"instances": self.double.instance(int(iid))})
+
+    def op_destroy(self, iid: str, body: dict, query: dict) -> None:
+        if self.double.destroy(int(iid)):
+            return self._send(200, {"success": True})
+        self._send(404, {"success": False, "error": "no_such_instance", "msg": f"Instance {iid} not found."})
+
+    def op_attach_ssh(self, iid: str, body: dict, query: dict) -> None:
+        res = self.double.attach_ssh(int(iid), body.get("ssh_key", ""))
+        self._send(200 if res["success"] else 404, res)
+
+    def op_list(self, body: dict, query: dict) -> None:
+        rows = self.double.instances()
+        self._send(200, {"instances": rows, "next_token": None, "total_instances": len(rows)})
+
+    def op_user(self, body: dict, query: dict) -> None:
+        self._send(200, {"id": 1, "username": "local", "email": "local@localhost", "credit": 100.0, "balance": 0.0})
+
+    def op_preempt(self, iid: str, body: dict, query: dict) -> None:
+        self.double.preempt(int(iid))
+        self._send(200, {"success": True})
+
+    def op_faults(self, body: dict, query: dict) -> None:
+        if "http" in body:
+            self.double.add_http_fault(**body["http"])
+        if "next_create" in body:
+            self.double.set_next_create(body["next_create"])
+        extra = {k: body[k] for k in ("dph_factor", "loading_s") if k in body}
+        if extra:
+            self.double.set_faults(**extra)
+        self._send(200, {"success": True})
+
+
+class DoubleServer:
+    """Serves one LocalVast on an ephemeral 127.0.0.1 port from a daemon thread."""
+
+    def __init__(self, double: LocalVast, port: int = 0):
+        handler = type("Handler", (_Handler,), {"double": double})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def serve_forever(double: LocalVast, port: int) -> None:
+    """`python -m volt_ansible.local.server`: run the double in the foreground (for poking at it)."""
+    server = DoubleServer(double, port)
+    print(f"Vast API double at {server.url} (API key in {double.dir / 'api_key'})", flush=True)
+    server.thread.join()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from volt_ansible.state import volt_dir
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=0)
+    serve_forever(LocalVast(volt_dir() / "local"), ap.parse_args().port)

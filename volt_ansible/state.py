@@ -1,0 +1,106 @@
+"""`.volt/state.json`: what this campaign rented, written atomically, never overwritten when unreadable."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from volt_ansible.errors import VoltError
+
+STATE_VERSION = 1
+
+
+def volt_dir() -> Path:
+    """The campaign's private directory: $VOLT_DIR, else ./.volt (the project root)."""
+    return Path(os.environ.get("VOLT_DIR", ".volt")).absolute()
+
+
+class Instance(BaseModel):
+    id: int
+    offer_id: int
+    backend: Literal["vast", "local"]
+    gpu_name: str = ""
+    ssh_host: str = ""
+    ssh_port: int = 0
+    dph_total: float = 0.0
+    status: str = "created"
+    created_at: float = Field(default_factory=time.time)
+
+
+class LedgerEntry(BaseModel):
+    instance_id: int
+    backend: str
+    dph_total: float
+    started_at: float
+    ended_at: float | None = None
+    end_reason: str = ""
+
+    def cost(self, now: float | None = None) -> float:
+        end = self.ended_at if self.ended_at is not None else (now or time.time())
+        return max(0.0, end - self.started_at) / 3600.0 * self.dph_total
+
+
+class State(BaseModel):
+    version: int = STATE_VERSION
+    campaign: str = ""
+    instance: Instance | None = None
+    ledger: list[LedgerEntry] = []
+
+    def open_entry(self, instance_id: int) -> LedgerEntry | None:
+        for e in self.ledger:
+            if e.instance_id == instance_id and e.ended_at is None:
+                return e
+        return None
+
+    def total_cost(self, now: float | None = None) -> float:
+        return sum(e.cost(now) for e in self.ledger)
+
+
+def path() -> Path:
+    return volt_dir() / "state.json"
+
+
+def load() -> State:
+    """The saved state; an empty one when none exists. Refuses (never replaces) a corrupt file."""
+    p = path()
+    if not p.exists():
+        return State()
+    try:
+        data = json.loads(p.read_text())
+        state = State.model_validate(data)
+    except (json.JSONDecodeError, ValidationError, UnicodeDecodeError) as e:
+        reason = str(e).splitlines()[0]
+        raise VoltError(
+            f"{p} is corrupt ({reason}); it was left untouched: check the Vast console for a running "
+            f"instance, then move the file aside (mv {p} {p}.bad) to start over"
+        ) from None
+    if state.version > STATE_VERSION:
+        raise VoltError(f"{p} was written by a newer volt-ansible (version {state.version}): upgrade volt-ansible")
+    return state
+
+
+def save(state: State) -> None:
+    """Write-to-temp, fsync, rename: a crash leaves the old file or the new one, never half of either."""
+    p = path()
+    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(state.model_dump_json(indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

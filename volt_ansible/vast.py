@@ -1,0 +1,183 @@
+"""Offers and instances through the real `vastai` SDK, against Vast.ai or the local double."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import requests
+
+from volt_ansible.errors import VoltError
+from volt_ansible.spec import InstanceSpec
+
+Backend = Literal["vast", "local"]
+DEAD_STATUSES = {"exited", "offline", "unknown"}  # never become running again (SDK contract)
+
+
+@dataclass(frozen=True)
+class Filter:
+    key: str  # the spec key, named in errors
+    term: str  # the SDK query-language term
+    ok: Callable[[dict], bool]
+    says: str  # human form
+
+
+def _at_least(field: str, minimum: float) -> Callable[[dict], bool]:
+    return lambda o: o.get(field, 0) >= minimum
+
+
+def filters(spec: InstanceSpec) -> list[Filter]:
+    """The spec's offer filters: one list serves the query, the local re-check and the no-match report."""
+    s = spec
+    return [
+        Filter("gpu_name", f"gpu_name={s.gpu_name.replace(' ', '_')}", lambda o: o.get("gpu_name") == s.gpu_name, f"GPU {s.gpu_name}"),
+        Filter("num_gpus", f"num_gpus={s.num_gpus}", lambda o: o.get("num_gpus") == s.num_gpus, f"{s.num_gpus} GPU(s)"),
+        Filter("cpu_cores_min", f"cpu_cores>={s.cpu_cores_min}", _at_least("cpu_cores", s.cpu_cores_min), f">= {s.cpu_cores_min} CPU cores"),
+        # cpu_ram is typed in GB and sent in MB (x1000) by the SDK; offers report MB
+        Filter("cpu_ram_gb_min", f"cpu_ram>={s.cpu_ram_gb_min:g}", _at_least("cpu_ram", s.cpu_ram_gb_min * 1000), f">= {s.cpu_ram_gb_min:g} GB RAM"),
+        Filter("disk_gb_min", f"disk_space>={s.disk_gb_min:g}", _at_least("disk_space", s.disk_gb_min), f">= {s.disk_gb_min:g} GB disk"),
+        Filter("cuda_min", f"cuda_vers>={s.cuda_min:g}", _at_least("cuda_max_good", s.cuda_min), f"CUDA >= {s.cuda_min:g}"),
+        Filter("dph_max", f"dph<={s.dph_max:g}", lambda o: o.get("dph_total", 1e9) <= s.dph_max, f"<= ${s.dph_max:g}/h"),
+        Filter(
+            "reliability_min",
+            f"reliability>={s.reliability_min:g}",
+            _at_least("reliability", s.reliability_min),
+            f"reliability >= {s.reliability_min:g}",
+        ),
+    ]
+
+
+def query(spec: InstanceSpec) -> str:
+    return " ".join(f.term for f in filters(spec))
+
+
+ORDER = "dph_total,cpu_cores-,reliability-"
+
+
+def rank(offers: list[dict]) -> list[dict]:
+    """Cheapest first; at equal price more CPU cores (Phase 0.3 is CPU-bound), then reliability."""
+    return sorted(offers, key=lambda o: (o.get("dph_total", 1e9), -o.get("cpu_cores", 0), -o.get("reliability", 0), o.get("id", 0)))
+
+
+def offer_type(spec: InstanceSpec) -> str:
+    return "interruptible" if spec.pricing == "interruptible" else "on-demand"
+
+
+def _http_error(e: requests.HTTPError, what: str) -> VoltError:
+    status = e.response.status_code if e.response is not None else 0
+    if status == 401:
+        return VoltError("the Vast API rejected the API key (401): set VAST_API_KEY to a valid key from https://cloud.vast.ai/account/")
+    if status == 429:
+        return VoltError(f"{what}: the Vast API is rate-limiting us (429) after retries: wait a minute and run it again")
+    detail = ""
+    try:
+        body = e.response.json()
+        detail = body.get("msg") or body.get("error") or ""
+    except Exception:
+        pass
+    return VoltError(f"{what}: Vast API answered HTTP {status}{': ' + detail if detail else ''}")
+
+
+class Vast:
+    """One SDK client plus the calls volt-ansible makes, each turned into a one-line error on failure."""
+
+    def __init__(self, backend: Backend, volt_dir: Path):
+        from vastai import VastAI  # import here: the SDK takes ~0.3 s to import
+
+        self.backend = backend
+        self._server = None
+        api_key, url = None, None
+        if backend == "local":
+            from volt_ansible.local import podman
+            from volt_ansible.local.double import LocalVast
+            from volt_ansible.local.server import DoubleServer
+
+            podman.require()
+            self.double = LocalVast(volt_dir / "local")
+            self._server = DoubleServer(self.double)
+            api_key, url = self.double.api_key, self._server.url
+        try:
+            self.sdk = VastAI(api_key=api_key, server_url=url, raw=True, quiet=True)
+        except RuntimeError:
+            raise VoltError(
+                "no Vast API key: export VAST_API_KEY=<key> (or run `vastai set api-key <key>` once); for the local test world use --backend local"
+            ) from None
+
+    def close(self) -> None:
+        if self._server:
+            self._server.close()
+
+    def __enter__(self) -> Vast:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, what: str, fn: Callable, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except requests.HTTPError as e:
+            raise _http_error(e, what) from None
+        except requests.RequestException as e:
+            raise VoltError(f"{what}: cannot reach the Vast API ({type(e).__name__}): check the network and retry") from None
+
+    def search(self, spec: InstanceSpec, limit: int | None = None) -> list[dict]:
+        offers = self._call(
+            "search offers", self.sdk.search_offers, query=query(spec), type=offer_type(spec), order=ORDER, limit=limit, storage=spec.disk_gb
+        )
+        checks = filters(spec)
+        # Re-check locally: the API is the first filter, the spec is the last word.
+        return rank([o for o in offers if all(f.ok(o) for f in checks)])[:limit]
+
+    def explain_no_match(self, spec: InstanceSpec) -> str:
+        """Name the filter that excludes the most offers among everything rentable."""
+        everything = self._call("search offers", self.sdk.search_offers, query="", type=offer_type(spec), limit=1000)
+        if not everything:
+            return "the API lists no rentable offer at all"
+        counts = [(sum(not f.ok(o) for o in everything), f) for f in filters(spec)]
+        n, worst = max(counts, key=lambda c: c[0])
+        return f"{worst.key} ({worst.says}) excludes {n} of {len(everything)} rentable offers: relax volt_instance.{worst.key} in group_vars/all.yml"
+
+    def create(self, offer_id: int, spec: InstanceSpec, label: str) -> int:
+        kw = {"bid_price": spec.bid_dph} if spec.pricing == "interruptible" else {}
+        res = self._call(
+            f"create instance on offer {offer_id}",
+            self.sdk.create_instance,
+            offer_id,
+            image=spec.image,
+            disk=spec.disk_gb,
+            label=label,
+            ssh=True,
+            direct=True,
+            **kw,
+        )
+        if not res or not res.get("success") or not res.get("new_contract"):
+            msg = (res or {}).get("msg") or (res or {}).get("error") or "no reason given"
+            raise VoltError(f"Vast refused to create an instance on offer {offer_id}: {msg}; pick another with --offer or run again")
+        return int(res["new_contract"])
+
+    def attach_ssh(self, instance_id: int, public_key: str) -> None:
+        self._call(f"attach SSH key to instance {instance_id}", self.sdk.attach_ssh, instance_id, public_key)
+
+    def show(self, instance_id: int) -> dict | None:
+        try:
+            return self._call(f"show instance {instance_id}", self.sdk.show_instance, instance_id)
+        except VoltError as e:
+            if "HTTP 404" in str(e):
+                return None
+            raise
+
+    def destroy(self, instance_id: int) -> bool:
+        """True when destroyed now, False when the API no longer knows it."""
+        try:
+            self._call(f"destroy instance {instance_id}", self.sdk.destroy_instance, instance_id)
+        except VoltError as e:
+            if "HTTP 404" in str(e):
+                return False
+            raise
+        return True
+
+    def user(self) -> dict:
+        return self._call("read the account", self.sdk.show_user)
