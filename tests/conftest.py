@@ -86,3 +86,21 @@ def project(tmp_path: Path):
     if (p.volt_dir / "local").exists():
         p.double().clean()
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def make_host(request):
+    """make_host(recipe='host', volumes=[...]) -> a running SSH test host, removed after the test."""
+    from testhost import start, stop
+
+    started = []
+
+    def factory(recipe: str = "host", volumes: list[str] | None = None):
+        name = f"vt-{request.node.name[:40]}-{len(started)}".replace("[", "-").replace("]", "").replace("/", "-")
+        host = start("".join(c if c.isalnum() or c in "-_." else "-" for c in name), recipe, volumes)
+        started.append(host)
+        return host
+
+    yield factory
+    for h in started:
+        stop(h)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
-from volt_ansible.local import image, offers, podman
+from volt_ansible.local import hosts, offers, podman
 
 LABEL = "volt-ansible.local"
 
@@ -22,10 +22,9 @@ LABEL = "volt-ansible.local"
 class LocalVast:
     """One double per state directory; every command that opens it sees the same instances."""
 
-    def __init__(self, state_dir: Path, image_name: str | None = None):
+    def __init__(self, state_dir: Path):
         self.dir = state_dir
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.image_name = image_name
         # Containers of this double carry this label, so destroy/cleanup never touches others.
         self.scope = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
 
@@ -127,31 +126,16 @@ class LocalVast:
         return {"success": True, "new_contract": iid}
 
     def _start_container(self, name: str, iid: int, behaviour: str, env: dict) -> int:
-        img = self.image_name or image.ensure(image.HOST)
-        cmd = "sleep infinity" if behaviour == "no_sshd" else image.SSHD_CMD
-        args = [
-            "run",
-            "-d",
-            "--init",
-            "--name",
+        port = hosts.start(
             name,
-            "--hostname",
-            f"C.{iid}",
-            "--label",
-            f"{LABEL}={self.scope}",
-            "--label",
-            f"volt-ansible.instance={iid}",
-            "-p",
-            "127.0.0.1::22",
-        ]
-        for k, v in env.items():
-            if not str(k).startswith("-"):
-                args += ["-e", f"{k}={v}"]
-        podman.run(*args, img, "sh", "-c", cmd)
-        mapping = podman.out("port", name, "22/tcp")  # "127.0.0.1:41234"
+            labels={LABEL: self.scope, "volt-ansible.instance": str(iid)},
+            env={str(k): str(v) for k, v in env.items() if not str(k).startswith("-")},
+            sshd=behaviour != "no_sshd",
+            hostname=f"C.{iid}",
+        )
         if behaviour == "exits":
             podman.run("kill", name, check=False)
-        return int(mapping.splitlines()[0].rsplit(":", 1)[1])
+        return port
 
     def _container_running(self, name: str) -> bool:
         proc = podman.run("inspect", "-f", "{{.State.Running}}", name, check=False)
@@ -225,7 +209,7 @@ class LocalVast:
             if not inst or inst.get("destroyed"):
                 return False
             inst["destroyed"] = time.time()
-        podman.run("rm", "-f", "-t", "0", inst["container"], check=False)
+        hosts.remove(inst["container"])
         return True
 
     def attach_ssh(self, instance_id: int, key: str) -> dict:
@@ -248,7 +232,7 @@ class LocalVast:
         """Remove every container of this double and mark its instances destroyed."""
         names = self.containers()
         for n in names:
-            podman.run("rm", "-f", "-t", "0", n, check=False)
+            hosts.remove(n)
         with self.store() as s:
             for inst in s["instances"].values():
                 inst.setdefault("destroyed", time.time())

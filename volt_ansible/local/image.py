@@ -80,9 +80,6 @@ def ensure(recipe: Recipe = HOST) -> str:
     return recipe.tag
 
 
-SSHD_CMD = "ssh-keygen -A >/dev/null && mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e"
-
-
 if __name__ == "__main__":
     import sys
 

@@ -1,0 +1,84 @@
+"""A real SSH test host (podman container) and ansible-playbook runs against it, for role tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from volt_ansible.local import hosts, podman
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TestHost:
+    name: str
+    port: int
+    key: Path
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    __test__ = False  # not a pytest class
+
+    @property
+    def inventory(self) -> Path:
+        inv = self.workdir / "hosts.ini"
+        inv.write_text(
+            "[volt]\n"
+            f"{self.name} ansible_host=127.0.0.1 ansible_port={self.port} ansible_user=root "
+            f"ansible_ssh_private_key_file={self.key} "
+            "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no'\n"
+        )
+        return inv
+
+    def playbook(self, playbook: str | Path, extravars: dict | None = None, check: bool = False, timeout: float = 900,
+                 args: list[str] | None = None) -> subprocess.CompletedProcess:
+        """Run a playbook (a path, or YAML text) against this host with the project's ansible.cfg and roles."""
+        if isinstance(playbook, str) and "\n" in playbook:
+            path = self.workdir / "play.yml"
+            path.write_text(playbook)
+        else:
+            path = Path(playbook)
+        cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(self.inventory), str(path)]
+        if extravars:
+            import json
+
+            cmd += ["-e", json.dumps(extravars)]
+        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CONTROL_PATH_DIR": str(self.workdir / "cp"), **self.env}
+        proc = subprocess.run(cmd + (args or []), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"playbook failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    def exec(self, cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = podman.run("exec", self.name, "sh", "-c", cmd, check=False)
+        out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} -> {proc.returncode}: {out.stderr}")
+        return out
+
+    def put(self, content: str, dest: str, mode: str = "0755") -> None:
+        """Write a file into the host (e.g. a scripted nvidia-smi double)."""
+        podman.run("exec", "-i", self.name, "sh", "-c", f"mkdir -p $(dirname {dest}) && cat > {dest} && chmod {mode} {dest}",
+                   input=content.encode())
+
+
+def start(name: str, recipe: str = "host", volumes: list[str] | None = None) -> TestHost:
+    """Start a test host. The short workdir keeps ssh ControlPath sockets under 108 bytes."""
+    workdir = Path(tempfile.mkdtemp(prefix="vth-", dir="/tmp"))
+    key = workdir / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    hosts.remove(name)
+    port = hosts.start(name, recipe, labels={"volt-ansible.test": "1"}, volumes=volumes,
+                       authorized_key=key.with_suffix(".pub").read_text())
+    return TestHost(name, port, key, workdir)
+
+
+def stop(host: TestHost) -> None:
+    hosts.remove(host.name)
+    subprocess.run(["rm", "-rf", str(host.workdir)], check=False)
