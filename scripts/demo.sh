@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded local default: rent (Vast API double + podman instance),
-# reach it with Ansible over SSH, destroy it.
+# prepare it (toolchain, CUDA check, Volt-X fixture built), destroy it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,4 +11,5 @@ volt-ansible provision --backend local
 trap 'volt-ansible destroy --yes' EXIT   # never leave an instance behind, whatever fails below
 volt-ansible status
 volt-ansible run ping
-ansible-playbook playbooks/ping.yml
+volt-ansible run prepare          # toolchain + CUDA check + build, through ansible-runner
+ansible-playbook playbooks/prepare.yml   # plain Ansible works too; the second run changes nothing

@@ -80,7 +80,8 @@ def project(tmp_path: Path):
             shutil.copytree(src, root / name, symlinks=True)
         elif src.exists():
             shutil.copy2(src, root / name)
-    (root / "volt_ansible").symlink_to(REPO / "volt_ansible")
+    for shared in ("volt_ansible", "tests", "molecule"):  # code, the Volt-X fixture, the nvidia-smi double
+        (root / shared).symlink_to(REPO / shared)
     p = Project(root, home)
     yield p
     if (p.volt_dir / "local").exists():

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 SCENARIOS = sorted(p.parent for p in REPO.glob("roles/*/molecule/*/molecule.yml"))

@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from volt_ansible.local import hosts, podman
+from volt_ansible.ssh import banner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,6 +78,11 @@ def start(name: str, recipe: str = "host", volumes: list[str] | None = None) -> 
     hosts.remove(name)
     port = hosts.start(name, recipe, labels={"volt-ansible.test": "1"}, volumes=volumes,
                        authorized_key=key.with_suffix(".pub").read_text())
+    deadline = time.monotonic() + 30
+    while not banner("127.0.0.1", port, timeout=1):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sshd of test host {name} did not answer on port {port}")
+        time.sleep(0.1)
     return TestHost(name, port, key, workdir)
 
 

@@ -136,14 +136,23 @@ def provision(backend: Backend, offer_id: int | None = None, progress: Progress 
     if state.instance is not None:
         raise VoltError(f"instance {state.instance.id} ({state.instance.backend}) is already provisioned: use it, or `volt-ansible destroy` it first")
     volt_dir = state_mod.volt_dir()
-    with Vast(backend, volt_dir) as vast:
+    world, host_vars = None, {}
+    if backend == "local":
+        from volt_ansible.local.world import World
+
+        progress("preparing the local world (fixture repo, toolchain archive)")
+        world = World(project_root(), volt_dir / "local")
+        host_vars = world.host_vars()
+    with Vast(backend, volt_dir, world) as vast:
         public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
         chosen = choose(vast, spec, offer_id)
         progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
         iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
         # Record before anything else can fail: an instance we do not know about bills forever.
         state.campaign = spec.campaign
-        state.instance = Instance(id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph)
+        state.instance = Instance(
+            id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph, host_vars=host_vars
+        )
         state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
         state_mod.save(state)
         try:

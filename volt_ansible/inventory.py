@@ -43,6 +43,7 @@ def build(volt_dir: Path) -> dict:
         "volt_instance_id": inst["id"],
         "volt_backend": inst.get("backend", ""),
         "volt_gpu_name": inst.get("gpu_name", ""),
+        **inst.get("host_vars", {}),
     }
     return inv
 

@@ -7,7 +7,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -31,6 +31,8 @@ class Instance(BaseModel):
     dph_total: float = 0.0
     status: str = "created"
     created_at: float = Field(default_factory=time.time)
+    # Ansible variables this instance needs beyond group_vars (the local world sets its own repo/toolchain).
+    host_vars: dict[str, Any] = {}
 
 
 class LedgerEntry(BaseModel):

@@ -83,7 +83,7 @@ def _http_error(e: requests.HTTPError, what: str) -> VoltError:
 class Vast:
     """One SDK client plus the calls volt-ansible makes, each turned into a one-line error on failure."""
 
-    def __init__(self, backend: Backend, volt_dir: Path):
+    def __init__(self, backend: Backend, volt_dir: Path, world=None):
         from vastai import VastAI  # import here: the SDK takes ~0.3 s to import
 
         self.backend = backend
@@ -95,7 +95,7 @@ class Vast:
             from volt_ansible.local.server import DoubleServer
 
             podman.require()
-            self.double = LocalVast(volt_dir / "local")
+            self.double = LocalVast(volt_dir / "local", world)
             self._server = DoubleServer(self.double)
             api_key, url = self.double.api_key, self._server.url
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from volt_ansible.errors import VoltError
 from volt_ansible.local import hosts, offers, podman
+from volt_ansible.local.world import World
 
 LABEL = "volt-ansible.local"
 
@@ -22,9 +23,10 @@ LABEL = "volt-ansible.local"
 class LocalVast:
     """One double per state directory; every command that opens it sees the same instances."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, world: World | None = None):
         self.dir = state_dir
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.world = world  # None: bare containers (enough for provisioning tests)
         # Containers of this double carry this label, so destroy/cleanup never touches others.
         self.scope = hashlib.sha256(str(self.dir.resolve()).encode()).hexdigest()[:12]
 
@@ -120,14 +122,17 @@ class LocalVast:
                 "ssh_port": 0,
                 "ssh_keys": [],
             }
-        port = self._start_container(name, iid, behaviour, body.get("env") or {})
+        volumes = self.world.volumes(iid, offer) if self.world else []
+        port = self._start_container(name, iid, behaviour, body.get("env") or {}, volumes)
         with self.store() as s:
             s["instances"][str(iid)]["ssh_port"] = port
         return {"success": True, "new_contract": iid}
 
-    def _start_container(self, name: str, iid: int, behaviour: str, env: dict) -> int:
+    def _start_container(self, name: str, iid: int, behaviour: str, env: dict, volumes: list[str]) -> int:
         port = hosts.start(
             name,
+            recipe="dev",  # like nvidia/cuda *-devel images: a C toolchain is there
+            volumes=volumes,
             labels={LABEL: self.scope, "volt-ansible.instance": str(iid)},
             env={str(k): str(v) for k, v in env.items() if not str(k).startswith("-")},
             sshd=behaviour != "no_sshd",

@@ -33,7 +33,9 @@ class Recipe:
 HOST = Recipe("host", "bookworm", ("openssh-server", "python3", "rsync", "sudo", "tmux", "git", "ca-certificates"))
 # A minimal Vast-like image: no python3, rsync or tmux (the bootstrap play installs them).
 BARE = Recipe("bare", "bookworm", ("openssh-server", "sudo", "ca-certificates"))
-RECIPES = {r.name: r for r in (HOST, BARE)}
+# HOST plus a C toolchain, so role tests that compile do not apt-install one every run.
+DEV = Recipe("dev", "bookworm", HOST.include + ("build-essential", "pkg-config", "libssl-dev", "zstd"))
+RECIPES = {r.name: r for r in (HOST, BARE, DEV)}
 
 
 def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:

@@ -1,0 +1,66 @@
+"""What a local instance gets instead of the internet: the Volt-X fixture as a git repo, this
+machine's Rust toolchain as an archive, its real nvcc, and an nvidia-smi double for the rented GPU."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from volt_ansible.errors import VoltError
+
+GIT_MOUNT = "/srv/git"
+FIXTURE = Path("tests/fixtures/volt-x")
+NVIDIA_SMI = Path("molecule/resources/nvidia-smi")
+CUDA = Path("/usr/local/cuda")
+
+
+@dataclass
+class World:
+    root: Path  # the project root (fixture and doubles live in the repo)
+    local_dir: Path  # <VOLT_DIR>/local
+
+    @property
+    def git_dir(self) -> Path:
+        return self.local_dir / "git"
+
+    def publish_fixture(self) -> str:
+        """Commit the fixture's current sources into a bare repo that instances mount read-only."""
+        src = self.root / FIXTURE
+        if not (src / "Cargo.toml").exists():
+            raise VoltError(f"the Volt-X fixture is missing at {src}: run from the volt-ansible project root")
+        bare = self.git_dir / "volt-x.git"
+        git = ["git", f"--git-dir={bare}", f"--work-tree={src}", "-c", "user.name=volt-ansible", "-c", "user.email=volt@localhost"]
+        if not bare.exists():
+            subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+        subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+        if subprocess.run([*git, "diff", "--cached", "--quiet"]).returncode != 0 or not (bare / "refs/heads/main").exists():
+            subprocess.run([*git, "commit", "-q", "-m", "Volt-X fixture"], check=True, capture_output=True)
+        return f"file://{GIT_MOUNT}/volt-x.git"
+
+    def gpu_conf(self, instance_id: int, offer: dict) -> Path:
+        conf = self.local_dir / "gpu" / f"{instance_id}.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        name = offer["gpu_name"] if offer["gpu_name"].startswith("NVIDIA") else f"NVIDIA GeForce {offer['gpu_name']}"
+        conf.write_text(
+            f'GPU_NAME="{name}"\nGPU_COUNT={offer["num_gpus"]}\nMEMORY_MIB={offer["gpu_ram"]}\n'
+            f"DRIVER={offer['driver_version']}\nCUDA={offer['cuda_max_good']}\n"
+        )
+        return conf
+
+    def volumes(self, instance_id: int, offer: dict) -> list[str]:
+        vols = [f"{self.git_dir}:{GIT_MOUNT}:ro", f"{self.root / NVIDIA_SMI}:/usr/bin/nvidia-smi:ro",
+                f"{self.gpu_conf(instance_id, offer)}:/etc/nvidia-smi-double.conf:ro"]
+        if CUDA.exists():
+            real = CUDA.resolve()  # like a Vast SSH session: nvcc present under /usr/local/cuda-*, not on PATH
+            vols.append(f"{real}:{real}:ro")
+        return vols
+
+    def host_vars(self) -> dict:
+        from volt_ansible.local import toolchain
+
+        return {
+            "repo_build_repo": self.publish_fixture(),
+            "rust_toolchain_method": "archive",
+            "rust_toolchain_archive": str(toolchain.ensure_archive()),
+        }
