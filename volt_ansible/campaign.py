@@ -138,7 +138,10 @@ def provision(backend: Backend, offer_id: int | None = None, progress: Progress 
     volt_dir = state_mod.volt_dir()
     world, host_vars = None, {}
     if backend == "local":
+        from volt_ansible.local import podman
         from volt_ansible.local.world import World
+
+        podman.require()
 
         progress("preparing the local world (fixture repo, toolchain archive)")
         world = World(project_root(), volt_dir / "local")

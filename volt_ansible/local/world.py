@@ -3,6 +3,7 @@ machine's Rust toolchain as an archive, its real nvcc, and an nvidia-smi double 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ class World:
 
     def publish_fixture(self) -> str:
         """Commit the fixture's current sources into a bare repo that instances mount read-only."""
+        if not shutil.which("git"):
+            raise VoltError("git is not installed: apt-get install git (the local world serves Volt-X as a git repo)")
         src = self.root / FIXTURE
         if not (src / "Cargo.toml").exists():
             raise VoltError(f"the Volt-X fixture is missing at {src}: run from the volt-ansible project root")
