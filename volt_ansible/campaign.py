@@ -220,3 +220,30 @@ def project_root() -> Path:
     if not (root / "ansible.cfg").exists() or not (root / "group_vars").is_dir():
         raise VoltError(f"{root} is not a volt-ansible project (no ansible.cfg + group_vars/): cd to the project root")
     return root
+
+
+def run_playbook(name: str, extravars: dict | None = None, on_task=None, limit: str | None = None):
+    """Run playbooks/<name>.yml (or a path) with the campaign inventory through ansible-runner."""
+    from volt_ansible import playbook as pb
+
+    root = project_root()
+    return pb.run(root, pb.resolve(root, name), state_mod.volt_dir(), extravars or {}, on_task=on_task, limit=limit)
+
+
+def backup_dir() -> Path:
+    from volt_ansible import home
+
+    return home.default_dir(project_root(), spec_mod.load().campaign)
+
+
+def backup(on_task=None):
+    """Pull finished checkpoints, outputs and logs home (playbooks/backup.yml); return the run and what is home."""
+    import yaml
+
+    from volt_ansible import home
+
+    local = backup_dir()
+    result = run_playbook("backup", {"backup_local_dir": str(local)}, on_task=on_task)
+    jobs = yaml.safe_load(spec_mod.SPEC_FILE.read_text())
+    required = home.required_outputs(jobs.get("volt_phase03"), jobs.get("volt_curriculum"))
+    return result, home.summary(local, required)

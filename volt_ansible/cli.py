@@ -127,6 +127,29 @@ def _extravars(pairs: list[str]) -> dict:
     return extra
 
 
+def _run_result(name: str, result) -> None:
+    for f in result.failures:
+        err.print(f"[red]FAILED[/] task '{escape(f.task)}' on {f.host}: {escape(f.msg)}", soft_wrap=True)
+    if result.rc != 0:
+        if not result.failures:
+            err.print(f"[red]ansible-playbook exited {result.rc}[/] ({result.status}); log: {result.log}")
+        raise typer.Exit(result.rc or 1)
+    out.print(f"[green]{name} ok[/]: changed={result.changed}  log: {result.log}")
+
+
+@app.command()
+def backup() -> None:
+    """Pull finished epoch checkpoints, stage outputs, the codebook and logs home, each verified by digest."""
+    with _spinner("backup") as progress:
+        result, summary = campaign.backup(on_task=lambda task, n: progress(f"[{n}] {task}"))
+    _run_result("backup", result)
+    epoch = summary.get("newest_epoch")
+    newest = f"epoch {epoch['epoch']} ({epoch['path']})" if epoch else "none"
+    out.print(f"home: {summary.get('files', 0)} file(s), {summary.get('bytes', 0) / 1e6:.1f} MB in {campaign.backup_dir()}; "
+              f"newest epoch checkpoint: {newest}; still missing: {', '.join(summary.get('missing') or []) or 'nothing'}",
+              soft_wrap=True, highlight=False)
+
+
 @app.command()
 def run(
     playbook: str = typer.Argument(..., help="a playbook in playbooks/ (name or file) or a path"),
@@ -135,20 +158,12 @@ def run(
 ) -> None:
     """Run a playbook against the campaign inventory through ansible-runner."""
     from volt_ansible import playbook as pb
-    from volt_ansible.state import volt_dir
 
-    root = campaign.project_root()
-    path = pb.resolve(root, playbook)
+    path = pb.resolve(campaign.project_root(), playbook)
     extravars = _extravars(extra)
     with _spinner(f"{path.stem}") as progress:
-        result = pb.run(root, path, volt_dir(), extravars, on_task=lambda task, n: progress(f"[{n}] {task}"), limit=limit)
-    for f in result.failures:
-        err.print(f"[red]FAILED[/] task '{escape(f.task)}' on {f.host}: {escape(f.msg)}", soft_wrap=True)
-    if result.rc != 0:
-        if not result.failures:
-            err.print(f"[red]ansible-playbook exited {result.rc}[/] ({result.status}); log: {result.log}")
-        raise typer.Exit(result.rc or 1)
-    out.print(f"[green]{path.stem} ok[/]: changed={result.changed}  log: {result.log}")
+        result = campaign.run_playbook(str(path), extravars, on_task=lambda task, n: progress(f"[{n}] {task}"), limit=limit)
+    _run_result(path.stem, result)
 
 
 @local_app.command("preempt")

@@ -1,0 +1,593 @@
+"""backup: the home manifest (volt_ansible/home.py) and the instance-side listing (pure Python), and the role
+through playbooks/backup.yml on real SSH test hosts (pull, verify, idempotence, unwritable or full local disk,
+digest mismatch retried or refused, a killed download resumed, an interrupted backup leaving home.json valid)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from volt_ansible import home
+from volt_ansible.errors import VoltError
+
+_spec = importlib.util.spec_from_file_location("backup_scan", REPO / "roles/backup/library/backup_scan.py")
+backup_scan = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(backup_scan)
+
+SPEC = yaml.safe_load((REPO / "group_vars/all.yml").read_text())
+PLAYBOOK = REPO / "playbooks/backup.yml"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# home.py: the manifest
+
+
+def stage(local: Path, src: str, data: bytes, mtime_ns: int = 1_700_000_000_000_000_000) -> dict:
+    """A downloaded file in .incoming/, and the item promote() gets for it (remote side matching)."""
+    p = local / home.STAGING / src
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    os.utime(p, ns=(mtime_ns, mtime_ns))
+    return {"src": src, "dest": src, "size": len(data), "mtime_ns": mtime_ns, "kind": "file",
+            "remote": {"exists": True, "size": len(data), "mtime_ns": mtime_ns, "digest": sha(data)}}
+
+
+def test_promote_moves_verified_files_home_and_records_them(tmp_path: Path):
+    good = stage(tmp_path, "logs/phase03.log", b"codebook-init: done\n")
+    res = home.promote(tmp_path, [good], host="volt-1", run={"attempt": 1, "home_before": 0})
+    assert [e["path"] for e in res["home"]] == ["logs/phase03.log"] and not res["mismatch"]
+    assert (tmp_path / "logs/phase03.log").read_bytes() == b"codebook-init: done\n"
+    assert not (tmp_path / home.STAGING / "logs/phase03.log").exists()
+    assert (tmp_path / "logs/phase03.log").stat().st_mtime_ns == good["mtime_ns"]  # the instance's mtime
+    m = json.loads((tmp_path / "home.json").read_text())
+    e = m["files"]["logs/phase03.log"]
+    assert (e["size"], e["digest"], e["src"], e["host"], e["mtime_ns"]) == (20, sha(b"codebook-init: done\n"), "logs/phase03.log", "volt-1",
+                                                                             good["mtime_ns"])
+    assert e["home_at"] > 0 and m["last_run"]["home"] == 1 and "home_before" not in m["last_run"]
+    assert home.is_home(tmp_path, "logs/phase03.log")
+    assert home.is_home(tmp_path, "logs/phase03.log", sha(b"codebook-init: done\n"), verify=True)
+    assert home.is_home(tmp_path, "logs/phase03.log", hashlib.sha256(b"codebook-init: done\n").hexdigest())  # bare hex works
+    assert not home.is_home(tmp_path, "logs/phase03.log", sha(b"other"))
+    assert not home.is_home(tmp_path, "logs/nothing.log")
+
+
+def test_promote_never_records_a_mismatch_a_changed_or_a_missing_file(tmp_path: Path):
+    bad = stage(tmp_path, "checkpoints/a.safetensors", b"A" * 100)
+    bad["remote"]["digest"] = sha(b"B" * 100)  # the instance has other bytes: a corrupted download
+    moved = stage(tmp_path, "checkpoints/b.safetensors", b"B" * 100)
+    moved["remote"]["mtime_ns"] += 1  # rewritten on the instance after it was listed
+    gone = stage(tmp_path, "checkpoints/c.safetensors", b"C")
+    gone["remote"] = {"exists": False}
+    lost = {**stage(tmp_path, "checkpoints/d.safetensors", b"D"), "src": "checkpoints/never.safetensors", "dest": "checkpoints/never.safetensors"}
+    res = home.promote(tmp_path, [bad, moved, gone, lost])
+    assert [m["src"] for m in res["mismatch"]] == ["checkpoints/a.safetensors"]
+    assert res["mismatch"][0]["local_digest"] == sha(b"A" * 100) and res["mismatch"][0]["remote_digest"] == sha(b"B" * 100)
+    assert [c["src"] for c in res["changed"]] == ["checkpoints/b.safetensors", "checkpoints/c.safetensors"]
+    assert [c["src"] for c in res["missing"]] == ["checkpoints/never.safetensors"]
+    assert res["home"] == [] and not (tmp_path / "home.json").exists()
+    assert not (tmp_path / "checkpoints").exists()  # nothing looks complete
+    assert (tmp_path / home.STAGING / "checkpoints/a.safetensors").exists()  # the basis of the retry's delta transfer
+
+
+def test_promote_refuses_paths_outside_the_backup_dir(tmp_path: Path):
+    item = stage(tmp_path, "logs/x.log", b"x")
+    with pytest.raises(VoltError, match="must stay inside the backup directory"):
+        home.promote(tmp_path, [{**item, "dest": "../../etc/x"}])
+
+
+def test_manifest_write_is_atomic(tmp_path: Path, monkeypatch):
+    home.merge(tmp_path, [{"path": "logs/a.log", "size": 1, "digest": sha(b"a")}])
+    before = (tmp_path / "home.json").read_bytes()
+
+    def crash(*_a, **_k):
+        raise KeyboardInterrupt  # killed between writing the temp file and the rename
+
+    monkeypatch.setattr(home.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        home.merge(tmp_path, [{"path": "logs/b.log", "size": 1, "digest": sha(b"b")}])
+    assert (tmp_path / "home.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # no temp file left behind
+
+
+def test_corrupt_manifest_is_refused_and_never_overwritten(tmp_path: Path):
+    (tmp_path / "home.json").write_text('{"files": {"a": ')
+    with pytest.raises(VoltError) as e:
+        home.merge(tmp_path, [{"path": "logs/b.log", "size": 1, "digest": sha(b"b")}])
+    assert "home.json is corrupt" in str(e.value) and "\n" not in str(e.value)
+    assert (tmp_path / "home.json").read_text() == '{"files": {"a": '
+    proc = subprocess.run([sys.executable, str(REPO / "volt_ansible/home.py"), "show", "--dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("backup: ") and "home.json is corrupt" in proc.stderr
+
+
+def test_a_deleted_or_truncated_local_file_is_not_home(tmp_path: Path):
+    home.promote(tmp_path, [stage(tmp_path, "logs/a.log", b"aaaa"), stage(tmp_path, "logs/b.log", b"bbbb")])
+    (tmp_path / "logs/a.log").unlink()
+    (tmp_path / "logs/b.log").write_bytes(b"bb")
+    assert not home.is_home(tmp_path, "logs/a.log") and not home.is_home(tmp_path, "logs/b.log")
+    assert home.known(tmp_path) == {}  # so the next backup fetches them again
+
+
+def epoch_item(local: Path, job: str, n: int, data: bytes, mtime_ns: int) -> dict:
+    src = f"checkpoints/scaled_vfn_epoch_{n}.safetensors"
+    it = stage(local, src, data, mtime_ns)
+    return {**it, "dest": f"checkpoints/epochs/{job}/scaled_vfn_epoch_{n}.safetensors", "kind": "epoch", "job": job, "epoch": n}
+
+
+def test_newest_epoch_checkpoint_is_per_job_and_verified(tmp_path: Path):
+    assert home.newest_epoch_checkpoint(tmp_path) is None
+    t = 1_700_000_000_000_000_000
+    home.promote(tmp_path, [epoch_item(tmp_path, "stage1", n, bytes([n]) * 64, t + n) for n in (1, 2, 10)])
+    home.promote(tmp_path, [epoch_item(tmp_path, "stage2", n, bytes([20 + n]) * 64, t + 100 + n) for n in (1, 2)])
+    # job=None: the job that wrote last on the instance (stage 2), its highest epoch (not "10" of stage 1)
+    assert home.newest_epoch_checkpoint(tmp_path) == (2, tmp_path / "checkpoints/epochs/stage2/scaled_vfn_epoch_2.safetensors")
+    assert home.newest_epoch_checkpoint(tmp_path, job="stage1") == (10, tmp_path / "checkpoints/epochs/stage1/scaled_vfn_epoch_10.safetensors")
+    assert home.newest_epoch_checkpoint(tmp_path, job="stage3") is None
+    # a checkpoint that no longer matches its digest is passed over for the one before it
+    (tmp_path / "checkpoints/epochs/stage1/scaled_vfn_epoch_10.safetensors").write_bytes(b"\0" * 64)
+    assert home.newest_epoch_checkpoint(tmp_path, job="stage1")[0] == 2
+    assert home.newest_epoch_checkpoint(tmp_path, job="stage1", verify=False)[0] == 10
+
+
+def test_required_outputs_and_missing_follow_the_spec(tmp_path: Path):
+    required = home.required_outputs(SPEC["volt_phase03"], SPEC["volt_curriculum"])
+    assert required == ["checkpoints/codebook_code.bin", "checkpoints/scaled_vfn_stage1.safetensors",
+                        "checkpoints/scaled_vfn_stage2.safetensors", "checkpoints/scaled_vfn.safetensors"]
+    home.promote(tmp_path, [stage(tmp_path, "checkpoints/codebook_code.bin", b"VCBK")])
+    assert home.missing(tmp_path, required) == required[1:]
+    s = home.summary(tmp_path, required)
+    assert (s["files"], s["bytes"], s["missing"], s["newest_epoch"]) == (1, 4, required[1:], None)
+    assert home.default_dir("/p", "volt-x-phase21") == Path("/p/runs/volt-x-phase21")
+
+
+def test_check_dir_errors_are_one_line(tmp_path: Path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VoltError) as e:
+        home.check_dir(tmp_path / "file" / "runs")
+    assert str(e.value) == (f"backup directory {tmp_path}/file/runs is not writable (Not a directory): fix its permissions or set "
+                            "backup_local_dir to a writable directory; nothing was downloaded")
+    with pytest.raises(VoltError, match=r"not enough local disk for the backup: .* it needs 3.0 MiB of new files \+ 1000000000 MiB to spare"):
+        home.check_dir(tmp_path / "runs", min_free_mb=10**9, need_bytes=3 << 20)
+    ok = home.check_dir(tmp_path / "runs", min_free_mb=1)
+    assert ok["free_bytes"] > 1 << 20 and (tmp_path / "runs" / home.STAGING).is_dir()
+
+
+def test_check_dir_drops_rsync_temps_of_a_killed_rsync(tmp_path: Path):
+    d = tmp_path / home.STAGING / "checkpoints"
+    d.mkdir(parents=True)
+    old, fresh, partial = d / ".scaled_vfn_epoch_3.safetensors.a1B2c3", d / ".scaled_vfn_epoch_4.safetensors.x9Y8z7", d / "keep.bin"
+    for p in (old, fresh, partial):
+        p.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    os.utime(partial, (time.time() - 7200, time.time() - 7200))
+    home.check_dir(tmp_path)
+    assert not old.exists() and fresh.exists() and partial.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# backup_scan: what the instance offers (run here on a local tree)
+
+
+def make_tree(root: Path, files: dict[str, tuple[int, float]], now: float) -> dict[str, bytes]:
+    out = {}
+    for rel, (size, age) in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = os.urandom(size)
+        p.write_bytes(data)
+        os.utime(p, (now - age, now - age))
+        out[rel] = data
+    return out
+
+
+def scan_params(root: Path, **kw) -> dict:
+    p = {"root": str(root), "phase03": SPEC["volt_phase03"], "curriculum": SPEC["volt_curriculum"], "globs": ["logs/*.log"], "stable_s": 60,
+         "status_dir": "logs", "epoch_owner_file": ".volt-epochs", "epoch_archive": "epochs", "known": {}}
+    p.update(kw)
+    return p
+
+
+def test_scan_takes_only_complete_files_and_keeps_epochs_per_job(tmp_path: Path):
+    now = time.time()
+    make_tree(tmp_path, {
+        "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": (10, 900),
+        "checkpoints/scaled_vfn_stage1.safetensors": (10, 800),
+        "checkpoints/scaled_vfn_epoch_1.safetensors": (10, 300),
+        "checkpoints/scaled_vfn_epoch_2.safetensors": (10, 5),  # being written
+        "checkpoints/scaled_vfn_stage2.safetensors.tmp": (10, 300),
+        "checkpoints/scaled_vfn_epoch_x.safetensors": (10, 300),  # not an epoch number
+        "checkpoints/codebook_code.bin": (10, 300),
+        "checkpoints/code_encoder.safetensors": (10, 900),  # an input, not a result
+        "logs/phase21_stage2.log": (10, 120),
+        "logs/phase03.status": (0, 0),
+    }, now)
+    (tmp_path / "checkpoints/.volt-epochs").write_text("stage2\n")
+    (tmp_path / "logs/phase03.status").write_text("job=phase03\nstate=running\npid=1\n")
+    files, waiting, n_home = backup_scan.scan(scan_params(tmp_path), now)
+    got = {f["src"]: (f["dest"], f["kind"], f["job"], f["epoch"]) for f in files}
+    assert got == {
+        "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": ("checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors", "epoch", "stage1",
+                                                                     1),
+        "checkpoints/scaled_vfn_stage1.safetensors": ("checkpoints/scaled_vfn_stage1.safetensors", "output", "stage1", None),
+        "checkpoints/scaled_vfn_epoch_1.safetensors": ("checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors", "epoch", "stage2", 1),
+        "logs/phase21_stage2.log": ("logs/phase21_stage2.log", "log", None, None),
+    }
+    assert [f["src"] for f in files][0] == "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"  # oldest first
+    why = {w["src"]: w["reason"] for w in waiting}
+    assert why["checkpoints/codebook_code.bin"] == "job phase03 is not done (logs/phase03.status: state=running)"
+    assert why["checkpoints/scaled_vfn_epoch_2.safetensors"].startswith("modified 5s ago")
+    assert set(why) == {"checkpoints/codebook_code.bin", "checkpoints/scaled_vfn_epoch_2.safetensors"}  # the .tmp is never even listed
+    assert n_home == 0
+
+    # the codebook once Phase 0.3 is done (a JSON status works too); what is home (same size + mtime) is not listed again
+    (tmp_path / "logs/phase03.status").write_text('{"job": "phase03", "state": "done"}')
+    known = {f["dest"]: [f["size"], f["mtime_ns"]] for f in files}
+    files2, _, n_home2 = backup_scan.scan(scan_params(tmp_path, known=known), now)
+    assert [f["src"] for f in files2] == ["checkpoints/codebook_code.bin"] and n_home2 == 4
+
+    # stage 2 finishes: training_tmux archives its epochs; the archived copy is the one already home
+    (tmp_path / "checkpoints/epochs/stage2").mkdir()
+    os.rename(tmp_path / "checkpoints/scaled_vfn_epoch_1.safetensors", tmp_path / "checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors")
+    files3, _, _ = backup_scan.scan(scan_params(tmp_path, known=known), now)
+    assert "checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors" not in [f["src"] for f in files3]
+
+
+def test_scan_digest_reports_the_current_state(tmp_path: Path):
+    data = make_tree(tmp_path, {"checkpoints/a.bin": (1000, 100)}, time.time())
+    d = backup_scan.digest(str(tmp_path), ["checkpoints/a.bin", "checkpoints/gone.bin"])
+    assert d["checkpoints/a.bin"]["digest"] == sha(data["checkpoints/a.bin"]) and d["checkpoints/a.bin"]["size"] == 1000
+    assert d["checkpoints/gone.bin"] == {"exists": False}
+
+
+# ----------------------------------------------------------------------------------------------
+# the role on a real SSH test host (through playbooks/backup.yml, group_vars included)
+
+SEED = """
+import os, sys, json, time
+root, spec = sys.argv[1], json.loads(sys.argv[2])
+now = time.time()
+for rel, (size, age) in spec.get("files", {}).items():
+    p = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "wb") as f:
+        f.write(os.urandom(size))
+    os.utime(p, (now - age, now - age))
+for rel, text in spec.get("text", {}).items():
+    p = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    with open(p, "w") as f:
+        f.write(text)
+"""
+ROOT = "/root/volt-x"
+
+
+def seed(host, files: dict[str, tuple[int, float]] | None = None, text: dict[str, str] | None = None) -> None:
+    """Write files of random bytes (size, age in seconds) and text files under /root/volt-x on the test host."""
+    host.put(SEED, "/tmp/seed.py", mode="0644")
+    host.exec(f"python3 /tmp/seed.py {ROOT} '{json.dumps({'files': files or {}, 'text': text or {}})}'")
+
+
+def remote_sha(host, rel: str) -> str:
+    return "sha256:" + host.exec(f"sha256sum {ROOT}/{rel}").stdout.split()[0]
+
+
+def local_sha(path: Path) -> str:
+    return sha(path.read_bytes())
+
+
+def recap(proc) -> str:
+    return next(ln for ln in proc.stdout.splitlines() if ln.startswith("vt-"))
+
+
+def fatal(proc) -> str:
+    return "\n".join(ln for ln in proc.stdout.splitlines() if ln.startswith("fatal:"))
+
+
+def manifest(local: Path) -> dict:
+    return json.loads((local / "home.json").read_text())
+
+
+def backup(host, local: Path, check: bool = False, **knobs):
+    return host.playbook(PLAYBOOK, extravars={"backup_local_dir": str(local), "backup_stable_s": 30, **knobs}, check=check)
+
+
+TRAINING = {  # mid stage 2: stage 1 finished (its epochs archived), Phase 0.3 finished; ages in seconds
+    "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": (400_000, 9000),
+    "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors": (400_000, 8000),
+    "checkpoints/scaled_vfn_stage1.safetensors": (400_000, 7900),
+    "checkpoints/scaled_vfn_epoch_1.safetensors": (400_000, 4000),
+    "checkpoints/codebook_code.bin": (100_000, 5000),
+    "logs/phase03.log": (3000, 5000),
+    "logs/phase21_stage1.log": (3000, 7900),
+}
+
+
+@pytest.mark.podman
+def test_backup_pulls_complete_files_verified_and_a_second_run_moves_nothing(make_host, tmp_path: Path):
+    host = make_host()
+    local = tmp_path / "runs" / "c"
+    seed(host, {**TRAINING, "checkpoints/scaled_vfn_epoch_2.safetensors": (400_000, 2), "checkpoints/scaled_vfn.safetensors.tmp": (10, 300)},
+         {"checkpoints/.volt-epochs": "stage2\n", "logs/phase03.status": "job=phase03\nstate=running\n"})
+    first = backup(host, local, check=True, backup_stable_s=3600)  # epoch 2 stays "being written" during the test
+    m = manifest(local)
+    assert sorted(m["files"]) == sorted([
+        "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors", "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors",
+        "checkpoints/scaled_vfn_stage1.safetensors", "checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors",
+        "logs/phase03.log", "logs/phase21_stage1.log"])
+    for path, e in m["files"].items():
+        assert local_sha(local / path) == e["digest"] == remote_sha(host, e["src"]), path
+    assert m["files"]["checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors"]["src"] == "checkpoints/scaled_vfn_epoch_1.safetensors"
+    assert "checkpoints/codebook_code.bin (job phase03 is not done (logs/phase03.status: state=running))" in first.stdout
+    assert re.search(r"checkpoints/scaled_vfn_epoch_2.safetensors \(modified \d+s ago \(still being written\?\), backup_stable_s=3600\)",
+                     first.stdout)
+    assert not (local / "checkpoints/scaled_vfn_epoch_2.safetensors").exists() and not list(local.rglob("*.tmp"))
+    assert [p for p in (local / home.STAGING).rglob("*") if p.is_file()] == []
+
+    before = (local / "home.json").read_bytes()
+    second = backup(host, local, check=True, backup_stable_s=3600)
+    assert "changed=0" in recap(second), second.stdout[-3000:]
+    rsync_task = second.stdout.split("TASK [backup : Pull the files with rsync")
+    assert len(rsync_task) == 1, "rsync ran although nothing was new"
+    assert (local / "home.json").read_bytes() == before
+
+    # Phase 0.3 finishes, stage 2 moves on: exactly the new files come home
+    host.exec(f"printf 'job=phase03\\nstate=done\\n' > {ROOT}/logs/phase03.status")
+    host.exec(f"touch -d '-2 hours' {ROOT}/checkpoints/scaled_vfn_epoch_2.safetensors")
+    third = backup(host, local, check=True, backup_stable_s=3600)
+    new = set(manifest(local)["files"]) - set(json.loads(before)["files"])
+    assert new == {"checkpoints/codebook_code.bin", "checkpoints/epochs/stage2/scaled_vfn_epoch_2.safetensors"}
+    assert "2 file(s) came home" in third.stdout
+
+
+@pytest.mark.podman
+def test_unwritable_local_dir_stops_before_any_download(make_host, tmp_path: Path):
+    host = make_host()
+    seed(host, TRAINING)
+    (tmp_path / "file").write_text("")
+    proc = backup(host, tmp_path / "file" / "runs")
+    assert proc.returncode != 0
+    assert (f'"msg": "backup: backup directory {tmp_path}/file/runs is not writable (Not a directory): fix its permissions or set '
+            'backup_local_dir to a writable directory; nothing was downloaded"') in fatal(proc)
+    assert "Pull the files with rsync" not in proc.stdout
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here (root writes anywhere else)")
+    try:
+        proc = backup(host, locked / "runs")
+        assert proc.returncode != 0
+        assert f"backup: backup directory {locked}/runs is not writable (Operation not permitted)" in fatal(proc)
+        assert "Pull the files with rsync" not in proc.stdout
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.podman
+def test_full_local_disk_stops_before_any_download(make_host, tmp_path: Path):
+    host = make_host()
+    seed(host, TRAINING)
+    local = tmp_path / "runs"
+    proc = backup(host, local, backup_min_free_mb=10**9)
+    assert proc.returncode != 0
+    assert re.search(r"backup: not enough local disk for the backup: \S+ has [\d.]+ MiB free, it needs 1000000000 MiB to spare "
+                     r"\(backup_min_free_mb\): free some space or set backup_local_dir to a bigger disk; nothing was downloaded", fatal(proc))
+    assert not (local / "home.json").exists() and [p for p in local.rglob("*") if p.is_file()] == []
+    # what the new files need counts too: 40 MiB of checkpoints on a disk with 20 MiB less than that to spare
+    seed(host, {"checkpoints/scaled_vfn_epoch_3.safetensors": (40 << 20, 300)})
+    st = os.statvfs(local)
+    proc = backup(host, local, backup_min_free_mb=st.f_bavail * st.f_frsize / (1 << 20) - 20)
+    assert proc.returncode != 0 and "MiB of new files +" in fatal(proc) and "nothing was downloaded" in fatal(proc), fatal(proc)
+    assert [p for p in local.rglob("*") if p.is_file()] == []
+
+
+CORRUPTING_RSYNC = """#!/usr/bin/env python3
+# rsync, then (for the first LIMIT transfers) flip bytes in every staged checkpoint, keeping size and mtime:
+# silent corruption that rsync's quick check (size + mtime) would never notice on the next run.
+import glob, os, subprocess, sys
+rc = subprocess.call(["rsync", *sys.argv[1:]])
+count_file = "COUNT"
+if "--files-from=-" in sys.argv:
+    n = int(open(count_file).read()) if os.path.exists(count_file) else 0
+    if n < LIMIT:
+        open(count_file, "w").write(str(n + 1))
+        for p in glob.glob("STAGING/checkpoints/**/*.safetensors", recursive=True):
+            st = os.stat(p)
+            with open(p, "r+b") as f:
+                f.seek(1000)
+                f.write(b"corrupt!")
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+sys.exit(rc)
+"""
+
+
+def corrupting_rsync(tmp_path: Path, local: Path, limit: int) -> Path:
+    script = tmp_path / "rsync-corrupt"
+    script.write_text(CORRUPTING_RSYNC.replace("COUNT", str(tmp_path / "count")).replace("LIMIT", str(limit))
+                      .replace("STAGING", str(local / home.STAGING)))
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.podman
+def test_a_corrupted_download_is_downloaded_again_and_only_then_home(make_host, tmp_path: Path):
+    host = make_host()
+    local = tmp_path / "runs"
+    seed(host, {"checkpoints/scaled_vfn_epoch_1.safetensors": (300_000, 300), "logs/phase21_stage1.log": (2000, 300)},
+         {"checkpoints/.volt-epochs": "stage1\n"})
+    proc = backup(host, local, check=True, backup_rsync=str(corrupting_rsync(tmp_path, local, limit=1)))
+    assert "Pull the files with rsync (attempt 2)" in proc.stdout
+    attempt2 = proc.stdout.split("TASK [backup : Pull the files with rsync (attempt 2)]")[1].split("TASK [")[0]
+    assert "changed:" in attempt2  # the retry re-sent the corrupted blocks
+    e = manifest(local)["files"]["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
+    assert e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors")
+    assert local_sha(local / e["path"]) == e["digest"]
+    assert manifest(local)["last_run"]["attempt"] == 2 and manifest(local)["last_run"]["home"] == 2
+
+
+@pytest.mark.podman
+def test_a_download_that_stays_corrupted_fails_loudly_and_is_never_home(make_host, tmp_path: Path):
+    host = make_host()
+    local = tmp_path / "runs"
+    seed(host, {"checkpoints/scaled_vfn_epoch_1.safetensors": (300_000, 300), "logs/phase21_stage1.log": (2000, 300)},
+         {"checkpoints/.volt-epochs": "stage1\n"})
+    proc = backup(host, local, backup_rsync=str(corrupting_rsync(tmp_path, local, limit=99)), backup_retries=1)
+    assert proc.returncode != 0
+    msg = fatal(proc)
+    assert ("backup: checkpoints/scaled_vfn_epoch_1.safetensors still differ(s) from the copy on vt-" in msg
+            and "after 2 downloads (home sha256:" in msg and "not marked home" in msg), proc.stdout[-3000:]
+    assert remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors") in msg
+    files = manifest(local)["files"]
+    assert list(files) == ["logs/phase21_stage1.log"]  # the good file is home, the bad one is not
+    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors")
+    assert not (local / "checkpoints").exists()
+    assert not (local / home.STAGING / "checkpoints/scaled_vfn_epoch_1.safetensors").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(c) for c in (task / "children").read_text().split()]
+                out += kids
+                todo += kids
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _wait_for_landing(local: Path, name: str, size: int, fraction: float, timeout: float = 60) -> int:
+    """Bytes of `name` rsync has written so far (its in-flight temp file), once past `fraction` of `size`."""
+    deadline = time.time() + timeout
+    landed = 0
+    while time.time() < deadline and landed < size * fraction:
+        for p in (local / home.STAGING / "checkpoints").glob(f".{name}.*"):
+            with contextlib.suppress(OSError):
+                landed = max(landed, p.stat().st_size)
+        time.sleep(0.1)
+    assert landed >= size * fraction, f"the transfer never got to {fraction:.0%} ({landed} bytes)"
+    return landed
+
+
+BIG = 12_000_000
+
+
+@pytest.mark.podman
+def test_a_killed_download_resumes_from_the_partial_file(make_host, tmp_path: Path):
+    host = make_host()
+    local = tmp_path / "runs"
+    seed(host, {"checkpoints/scaled_vfn_epoch_3.safetensors": (BIG, 300)}, {"checkpoints/.volt-epochs": "stage1\n"})
+    result = {}
+    t = threading.Thread(target=lambda: result.update(proc=backup(host, local, backup_bwlimit_kbps=2500, backup_rsync_retries=0)))
+    t.start()
+    _wait_for_landing(local, "scaled_vfn_epoch_3.safetensors", BIG, 0.4)
+    mine = _descendants(os.getpid())
+    rsyncs = [p for p in mine if _comm(p) == "rsync" and not any(p in _descendants(q) for q in mine if _comm(q) == "rsync")]
+    assert len(rsyncs) == 1, f"not one rsync client running: {rsyncs}"
+    os.kill(rsyncs[0], signal.SIGTERM)  # the client rsync (it stops its receiver, which keeps the partial file)
+    t.join(120)
+    proc = result["proc"]
+    assert proc.returncode != 0
+    assert "backup: rsync from vt-" in fatal(proc) and "run the backup again: it resumes from the partial file" in fatal(proc)
+    partial = local / home.STAGING / "checkpoints/.rsync-partial/scaled_vfn_epoch_3.safetensors"
+    kept = partial.stat().st_size
+    assert kept >= BIG * 0.4
+    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_epoch_3.safetensors")
+
+    again = backup(host, local, check=True)
+    run = manifest(local)["last_run"]
+    assert run["literal_bytes"] <= BIG - kept + 64 * 1024, run  # the rest of the file, not all of it again
+    assert run["wire_bytes"] < BIG * 0.65, run
+    e = manifest(local)["files"]["checkpoints/epochs/stage1/scaled_vfn_epoch_3.safetensors"]
+    assert e["size"] == BIG and e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_epoch_3.safetensors") == local_sha(local / e["path"])
+    assert not partial.exists()
+    assert f"{run['wire_bytes']} bytes received over the wire" in again.stdout
+
+
+def start_backup(host, local: Path, **knobs) -> subprocess.Popen:
+    """playbooks/backup.yml in a session of its own (like `volt-ansible watch` running it), so the test can kill it all."""
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(host.inventory), str(PLAYBOOK),
+           "-e", json.dumps({"backup_local_dir": str(local), "backup_stable_s": 30, **knobs})]
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CONTROL_PATH_DIR": str(host.workdir / "cp"), **host.env}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.mark.podman
+def test_a_backup_killed_mid_download_leaves_home_json_valid_and_the_next_one_finishes(make_host, tmp_path: Path):
+    host = make_host()
+    local = tmp_path / "runs"
+    seed(host, {"logs/phase21_stage1.log": (2000, 300)})
+    backup(host, local, check=True)
+    before = (local / "home.json").read_bytes()
+    seed(host, {"checkpoints/scaled_vfn_epoch_1.safetensors": (BIG, 300), "logs/phase03.log": (1000, 300)},
+         {"checkpoints/.volt-epochs": "stage1\n"})
+    proc = start_backup(host, local, backup_bwlimit_kbps=2500)
+    try:
+        _wait_for_landing(local, "scaled_vfn_epoch_1.safetensors", BIG, 0.4)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole backup: ansible-playbook, its rsync and ssh
+        proc.wait(30)
+    assert (local / "home.json").read_bytes() == before  # still the last complete manifest
+    assert list(json.loads(before)["files"]) == ["logs/phase21_stage1.log"]
+    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors")
+
+    backup(host, local, check=True)
+    files = manifest(local)["files"]
+    assert set(files) == {"logs/phase21_stage1.log", "logs/phase03.log", "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"}
+    e = files["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
+    assert e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors") == local_sha(local / e["path"])
+    assert manifest(local)["last_run"]["wire_bytes"] < BIG * 0.75  # resumed, not started over
+
+
+@pytest.mark.podman
+def test_volt_ansible_run_backup_uses_the_campaigns_pinned_connection(project):
+    """Through the CLI on a local-backend instance: the dynamic inventory's key, port and pinned known_hosts
+    (StrictHostKeyChecking=yes) carry rsync too, and the default directory is <project>/runs/<campaign>."""
+    project.cli("provision")
+    project.cli("ssh", "--", f"mkdir -p {ROOT}/logs && head -c 50000 /dev/urandom > {ROOT}/logs/phase03.log && "
+                             f"touch -d '-1 hour' {ROOT}/logs/phase03.log && sha256sum {ROOT}/logs/phase03.log > /tmp/sum")
+    out = project.cli("run", "backup").stdout
+    assert "backup ok" in out, out
+    local = project.root / "runs" / SPEC["volt_campaign"]
+    e = manifest(local)["files"]["logs/phase03.log"]
+    assert e["digest"] == "sha256:" + project.cli("ssh", "--", "cat /tmp/sum").stdout.split()[0] == local_sha(local / "logs/phase03.log")
+    assert e["host"] == f"volt-{project.state()['instance']['id']}"
+    assert "backup ok: changed=0" in project.cli("run", "backup").stdout
+
+
+def test_volt_ansible_backup_reports_what_is_home(project):
+    """`volt-ansible backup`: the same playbook, plus what is home and what is still missing."""
+    project.cli("provision")
+    project.cli("ssh", "--", f"mkdir -p {ROOT}/checkpoints && head -c 30000 /dev/urandom > {ROOT}/checkpoints/scaled_vfn_epoch_1.safetensors"
+                             f" && echo stage1 > {ROOT}/checkpoints/.volt-epochs && touch -d '-1 hour' {ROOT}/checkpoints/*")
+    out = project.cli("backup").stdout
+    assert "backup ok" in out and "home: 1 file(s)" in out, out
+    assert "newest epoch checkpoint: epoch 1" in out
+    assert "still missing: checkpoints/codebook_code.bin" in out
+
