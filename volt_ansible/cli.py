@@ -63,6 +63,17 @@ def offers(backend: str = BackendOpt, limit: int = typer.Option(10, "--limit", "
 
 
 @app.command()
+def check(job: list[str] = typer.Option([], "--job", "-j", help="check only the data these jobs need (phase03, stage1, ...)")) -> None:
+    """Pre-flight, before renting: every data source exists and is readable; sizes and digests (cached) recorded."""
+    from volt_ansible import datasync
+
+    with _spinner("hashing data sources") as progress:
+        report = datasync.check(jobs=job or None, progress=lambda done, total: progress(f"{done / 1e9:.2f} / {total / 1e9:.2f} GB"))
+    for line in report.lines():
+        out.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command()
 def provision(
     backend: str = BackendOpt,
     offer: int | None = typer.Option(None, "--offer", help="rent this offer ID instead of the best match"),
