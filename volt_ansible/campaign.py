@@ -247,3 +247,34 @@ def backup(on_task=None):
     jobs = yaml.safe_load(spec_mod.SPEC_FILE.read_text())
     required = home.required_outputs(jobs.get("volt_phase03"), jobs.get("volt_curriculum"))
     return result, home.summary(local, required)
+
+
+def _instance_endpoint() -> tuple[str, int]:
+    state = state_mod.load()
+    if state.instance is None or not state.instance.ssh_port:
+        raise VoltError("no instance: run `volt-ansible provision` first")
+    return state.instance.ssh_host, state.instance.ssh_port
+
+
+def job_lines() -> list[str]:
+    """Each training job's state, GPU and CPU load, and warnings, read over one SSH round trip."""
+    from volt_ansible import jobs
+
+    host, port = _instance_endpoint()
+    return jobs.format_snapshot(jobs.snapshot(state_mod.volt_dir(), host, port, jobs.layout(project_root())))
+
+
+def logs_command(job: str | None, follow: bool, lines: int, tty: bool) -> list[str]:
+    from volt_ansible import jobs
+
+    host, port = _instance_endpoint()
+    return jobs.logs_command(state_mod.volt_dir(), host, port, job=job, follow=follow, lines=lines, lay=jobs.layout(project_root()), tty=tty)
+
+
+def plot(output: str) -> Path:
+    from volt_ansible import jobs
+    from volt_ansible import plot as plot_mod
+
+    host, port = _instance_endpoint()
+    lay = jobs.layout(project_root())
+    return plot_mod.write_png(jobs.fetch_logs(state_mod.volt_dir(), host, port, lay), Path(output), lay)

@@ -93,8 +93,8 @@ def provision(
 
 
 @app.command()
-def status() -> None:
-    """What this campaign has rented, its live state and its cost so far."""
+def status(jobs_too: bool = typer.Option(True, "--jobs/--no-jobs", help="also read the training jobs over SSH")) -> None:
+    """What this campaign has rented, its live state, its cost so far, and each training job."""
     s = campaign.status()
     if s.state.instance is None:
         out.print("no instance provisioned")
@@ -107,6 +107,9 @@ def status() -> None:
             f"${i.dph_total:.3f}/h  up {up:.2f} h"
         )
     out.print(f"cost so far: ${s.cost_usd:.4f} over {len(s.state.ledger)} instance(s)")
+    if jobs_too and s.state.instance is not None and (s.live or {}).get("actual_status") == "running":
+        for line in campaign.job_lines():
+            out.print(escape(line), soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -159,6 +162,38 @@ def backup() -> None:
     out.print(f"home: {summary.get('files', 0)} file(s), {summary.get('bytes', 0) / 1e6:.1f} MB in {campaign.backup_dir()}; "
               f"newest epoch checkpoint: {newest}; still missing: {', '.join(summary.get('missing') or []) or 'nothing'}",
               soft_wrap=True, highlight=False)
+
+
+@app.command()
+def train(
+    stage: str = typer.Option("all", "--stage", "-s", help="1, 2, 3 or all (chains 1 -> 2 -> 3)"),
+    phase03: bool = typer.Option(True, "--phase03/--no-phase03", help="run Phase 0.3 beside it on the CPU"),
+    force: bool = typer.Option(False, "--force", help="run again jobs that already finished"),
+) -> None:
+    """Start the training jobs in tmux on the instance (playbooks/train.yml)."""
+    with _spinner("train") as progress:
+        result = campaign.run_playbook("train", {"stage": stage, "phase03": phase03, "force": force},
+                                       on_task=lambda task, n: progress(f"[{n}] {task}"))
+    _run_result("train", result)
+    for line in campaign.job_lines():
+        out.print(escape(line), soft_wrap=True, highlight=False)
+
+
+@app.command()
+def logs(
+    job: str | None = typer.Argument(None, help="phase03, stage1 (or 1), stage2, stage3; default: every job"),
+    follow: bool = typer.Option(False, "--follow", "-f"),
+    lines: int = typer.Option(50, "--lines", "-n", min=1),
+) -> None:
+    """Tail a job's log on the instance."""
+    argv = campaign.logs_command(job, follow, lines, tty=follow and sys.stdout.isatty())
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def plot(output: str = typer.Option("loss.png", "--output", "-o", help="PNG to write")) -> None:
+    """Write a PNG of loss per step for each stage, from the instance's logs."""
+    out.print(f"wrote {campaign.plot(output)}")
 
 
 @app.command()

@@ -1,0 +1,265 @@
+"""Decisions of the training_tmux role, kept here so they are plain Python and unit-testable.
+
+    training_tmux_plan     the group_vars job tables + the role's knobs -> every job, fully resolved
+                           (argv, inputs, output, log, status file, ready marker, epoch checkpoints, batch ladder)
+    training_tmux_decide   plan + the instance's probe + the request (stage, phase03, force, GPU fact)
+                           -> what to start, what to report, and every problem that stops the launch
+    training_tmux_argv     one job's flag table -> argv tokens (flag: value / list repeats / true alone / null out)
+
+Job names are the data_sync contract: phase03, stage1, stage2, ... (<ready_dir>/<job>.ready).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # imported outside Ansible (unit tests)
+    AnsibleFilterError = ValueError
+
+EPOCH_TOKEN = "{epoch}"
+
+
+def _scalar(value) -> str:
+    return str(value)  # quote a number in YAML ("1e-4") to keep its exact spelling
+
+
+def training_tmux_argv(args, where: str = "args") -> list[str]:
+    """Flag table (ordered mapping) -> argv tokens. A list repeats the flag, true gives it alone, null/false drops it."""
+    if not isinstance(args, dict):
+        raise AnsibleFilterError(f"{where} must be a mapping of flag: value, not {type(args).__name__}")
+    argv: list[str] = []
+    for flag, value in args.items():
+        flag = str(flag)
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                if item is None or isinstance(item, dict | list):
+                    raise AnsibleFilterError(f"{where}.{flag}: list items must be plain values, got {item!r}")
+                argv += [flag, _scalar(item)]
+        elif isinstance(value, dict):
+            raise AnsibleFilterError(f"{where}.{flag}: a value must be a string, number, list, true or null, not a mapping")
+        else:
+            argv += [flag, _scalar(value)]
+    return argv
+
+
+def _values(args: dict, flag: str) -> list[str]:
+    value = args.get(flag)
+    if value is None or value is False or value is True:
+        return []
+    if isinstance(value, list | tuple):
+        return [_scalar(v) for v in value]
+    return [_scalar(value)]
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise AnsibleFilterError(f"training_tmux: {msg}")
+
+
+def _job(defn: dict, args: dict, where: str, kind: dict, s: dict) -> dict:
+    name = str(defn.get("name", ""))
+    _require(bool(name) and all(c.isalnum() or c in "-_" for c in name), f"{where}.name must be a plain name (letters, digits, - or _), got {name!r}")
+    _require(bool(kind.get("bin")), f"{where}: bin (the binary under {s['bin_dir']}) is missing")
+    _require(bool(defn.get("log")), f"{where}.log (the job's log file) is missing")
+    out_flag = kind.get("output")
+    outputs = _values(args, out_flag) if out_flag else []
+    _require(len(outputs) == 1, f"{where}: the output flag {out_flag!r} must have exactly one value, got {outputs or 'none'}")
+    output = outputs[0]
+    inputs = [v for flag in kind.get("inputs", []) for v in _values(args, flag)]
+    for flag in kind.get("inputs", []):
+        _require(bool(_values(args, flag)), f"{where}: input flag {flag} has no value (set it in args)")
+    argv = training_tmux_argv(args, f"{where}.args")
+    bin_path = posixpath.join(s["bin_dir"], str(kind["bin"]))
+    batch_flag = kind.get("batch_flag")
+    batches: list[int] = []
+    if batch_flag and _values(args, batch_flag):
+        first = int(_values(args, batch_flag)[0])
+        batches = [first] + [int(b) for b in kind.get("oom_batch_sizes", []) if int(b) < first]
+    epoch = None
+    template = kind.get("epoch_checkpoint")
+    if template:
+        _require(EPOCH_TOKEN in template, f"{where}: epoch_checkpoint must contain {EPOCH_TOKEN}, got {template!r}")
+        prefix, _, suffix = template.partition(EPOCH_TOKEN)
+        edir = posixpath.dirname(output) or "."
+        epoch = {"dir": edir, "prefix": prefix, "suffix": suffix, "glob": posixpath.join(edir, prefix + "*" + suffix),
+                 "owner": posixpath.join(edir, s["epoch_owner_file"]), "archive": posixpath.join(edir, s["epoch_archive"], name)}
+    return {
+        "name": name,
+        "title": str(defn.get("title", name)),
+        "gpu": bool(kind.get("gpu", False)),
+        "bin": bin_path,
+        "argv": [bin_path, *argv],
+        "command": shlex.join([bin_path, *argv]),
+        "inputs": inputs,
+        "output": output,
+        "log": str(defn["log"]),
+        "status": posixpath.join(s["status_dir"], f"{name}.status"),
+        "script": posixpath.join(s["script_dir"], f"{name}.sh"),
+        "script_path": posixpath.join(s["dest"], s["script_dir"], f"{name}.sh"),
+        "ready": posixpath.join(s["ready_dir"], name + s["ready_suffix"]),
+        "batch_flag": batch_flag if batches else None,
+        "batches": batches,
+        "oom_pattern": str(kind.get("oom_pattern", "")) if batches else "",
+        "resume_flag": str(kind.get("resume_flag", "--resume")) if epoch else None,
+        "epoch": epoch,
+        "previous": None,
+    }
+
+
+def training_tmux_plan(phase03: dict, curriculum: dict, settings: dict) -> dict:
+    """The group_vars tables + knobs -> {'phase03': job, 'stages': [job, ...], 'chain': {...}} (paths relative to dest)."""
+    s = dict(settings)
+    _require(isinstance(phase03, dict), "the Phase 0.3 job (volt_phase03) must be a mapping")
+    _require(isinstance(curriculum, dict), "the curriculum (volt_curriculum) must be a mapping")
+    p03 = _job(phase03, phase03.get("args") or {}, "volt_phase03", phase03, s)
+    common = curriculum.get("args") or {}
+    _require(isinstance(common, dict), "volt_curriculum.args must be a mapping of flag: value")
+    stages_in = curriculum.get("stages") or []
+    _require(isinstance(stages_in, list) and len(stages_in) > 0, "volt_curriculum.stages must list at least one stage")
+    stages = []
+    for i, st in enumerate(stages_in, 1):
+        where = f"volt_curriculum.stages[{i - 1}]"
+        _require(isinstance(st, dict), f"{where} must be a mapping")
+        own = st.get("args") or {}
+        _require(isinstance(own, dict), f"{where}.args must be a mapping of flag: value")
+        merged = dict(common)
+        merged.update(own)  # a stage's value replaces the common one in place; new flags go last
+        job = _job(st, merged, where, curriculum, s)
+        job["index"] = i
+        if stages:
+            job["previous"] = {"name": stages[-1]["name"], "output": stages[-1]["output"]}
+        stages.append(job)
+    names = [p03["name"]] + [j["name"] for j in stages] + [s["chain_name"]]
+    _require(len(set(names)) == len(names), f"job names must be unique: {names}")
+    chain = {"name": s["chain_name"], "status": posixpath.join(s["status_dir"], f"{s['chain_name']}.status"),
+             "log": posixpath.join(s["status_dir"], f"{s['chain_name']}.log"),
+             "script": posixpath.join(s["script_dir"], f"{s['chain_name']}.sh"),
+             "script_path": posixpath.join(s["dest"], s["script_dir"], f"{s['chain_name']}.sh")}
+    launcher = posixpath.join(s["dest"], s["script_dir"], "launch.sh")
+    return {"phase03": p03, "stages": stages, "chain": chain, "launcher": launcher}
+
+
+def training_tmux_probe_job(job: dict) -> dict:
+    """What files/probe.py needs to know about one job (or the chain)."""
+    return {
+        "name": job["name"],
+        "status": job["status"],
+        "script": job["script_path"],
+        "output": job.get("output"),
+        "bin": job.get("bin"),
+        "needs": [job["bin"], *job["inputs"], job["ready"]] if "bin" in job else [],
+        "previous_output": (job.get("previous") or {}).get("output"),
+        "epoch": job.get("epoch"),
+    }
+
+
+def _done(job: dict, probe: dict) -> bool:
+    """Finished: its output exists and its status says done (or there is no status: the output came from elsewhere)."""
+    state = (probe.get("status") or {}).get("state", "")
+    return bool(probe.get("output")) and state in ("done", "")
+
+
+def _since(probe: dict) -> str:
+    st = probe.get("status") or {}
+    return f"pid {st.get('pid', '?')}, since {st.get('started', '?')}"
+
+
+def _needs(job: dict, probe: dict, gpu, require_gpu: bool, require_ready: bool, alone: bool) -> list[str]:
+    """Everything missing before this job may start (the guide's Step 3, per job)."""
+    missing = set(probe.get("missing") or [])
+    out = []
+    if job["bin"] in missing:
+        out.append(f"{job['bin']} is missing or not executable (build it: playbooks/prepare.yml)")
+    out += [f"{p} is missing" for p in job["inputs"] if p in missing]
+    if require_ready and job["ready"] in missing:
+        out.append(f"{job['ready']} is missing (data_sync has not verified {job['name']}'s inputs)")
+    if alone and job.get("previous") and not probe.get("previous_output"):
+        prev = job["previous"]
+        out.append(f"{prev['output']} ({prev['name']}'s output) is missing: run {prev['name']} first, or -e stage=all")
+    if job["gpu"] and require_gpu:
+        count = int((gpu or {}).get("count", 0) or 0) if isinstance(gpu, dict) else 0
+        if count < 1:
+            out.append("no GPU visible (cuda_check_gpu reports none: run the cuda_check role first, as playbooks/train.yml does)")
+    epochs, owner = probe.get("epochs") or [], probe.get("owner") or ""
+    if job.get("epoch") and epochs and owner and owner != job["name"]:
+        out.append(f"{job['epoch']['glob']} ({len(epochs)} files, newest epoch {max(epochs)}) belong to {owner} "
+                   f"({job['epoch']['owner']}), not {job['name']}: finish {owner} first or move them away")
+    return [f"{job['name']}: {m}" for m in out]
+
+
+def training_tmux_decide(plan: dict, probe: dict, stage, phase03: bool, force: bool, gpu=None,
+                         require_gpu: bool = True, require_ready: bool = True, session: str = "training") -> dict:
+    """What to do now: {'start': [unit], 'report': [line], 'problems': [line]}. A unit is one tmux window."""
+    jobs = probe.get("jobs") or {}
+    problems: list[str] = []
+    if not probe.get("dest"):
+        problems.append(f"{probe.get('dest_path', 'the repository')} does not exist (run playbooks/prepare.yml first)")
+    if not probe.get("tmux"):
+        problems.append("tmux is not installed (the bootstrap role installs it)")
+    start, report = [], []
+
+    def state_of(name: str) -> dict:
+        return jobs.get(name) or {}
+
+    if phase03:
+        job = plan["phase03"]
+        pr = state_of(job["name"])
+        if pr.get("alive"):
+            report.append(f"{job['name']}: running ({_since(pr)}): not started again")
+        elif _done(job, pr) and not force:
+            report.append(f"{job['name']}: done ({job['output']} exists): not repeated (-e force=true runs it again)")
+        else:
+            problems += _needs(job, pr, gpu, require_gpu, require_ready, alone=True)
+            start.append({"window": job["name"], "script": job["script_path"], "args": [], "status": job["status"],
+                          "jobs": [job["name"]], "log": job["log"]})
+            report.append(f"{job['name']}: started in tmux window {session}:{job['name']} (log {job['log']})")
+
+    stage = str(stage).strip().lower()
+    if stage != "none":
+        stages = plan["stages"]
+        targets = stages if stage == "all" else [stages[int(stage) - 1]]
+        chain = plan["chain"]
+        alive = [j["name"] for j in stages if state_of(j["name"]).get("alive")]
+        if state_of(chain["name"]).get("alive") or alive:
+            who = f"{chain['name']} chain ({_since(state_of(chain['name']))})" if state_of(chain["name"]).get("alive") else ""
+            now = ", ".join(f"{n} ({_since(state_of(n))})" for n in alive)
+            report.append(f"phase 2.1: running: {' / '.join(x for x in (who, now) if x)}: nothing started again")
+        else:
+            pending = [j for j in targets if force or not _done(j, state_of(j["name"]))]
+            for j in targets:
+                if j not in pending:
+                    report.append(f"{j['name']}: done ({j['output']} exists): not repeated (-e force=true runs it again)")
+            if pending:
+                first = pending[0]
+                # alone: stage N without the chain needs N-1's output; in a chain the first pending stage's
+                # predecessor is done (or it would be pending), later ones are waited for by the chain script.
+                problems += _needs(first, state_of(first["name"]), gpu, require_gpu, require_ready, alone=True)
+                if stage == "all":
+                    start.append({"window": chain["name"], "script": chain["script_path"], "args": ["--force"] if force else [],
+                                  "status": chain["status"], "jobs": [j["name"] for j in pending], "log": first["log"]})
+                    report.append(f"phase 2.1: chain {' -> '.join(j['name'] for j in pending)} started in tmux window "
+                                  f"{session}:{chain['name']} (logs {', '.join(j['log'] for j in pending)})")
+                else:
+                    start.append({"window": first["name"], "script": first["script_path"], "args": [], "status": first["status"],
+                                  "jobs": [first["name"]], "log": first["log"]})
+                    report.append(f"{first['name']}: started in tmux window {session}:{first['name']} (log {first['log']})")
+    if problems:
+        start = []
+    return {"start": start, "report": report, "problems": problems}
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "training_tmux_argv": training_tmux_argv,
+            "training_tmux_plan": training_tmux_plan,
+            "training_tmux_decide": training_tmux_decide,
+            "training_tmux_probe_job": training_tmux_probe_job,
+        }
