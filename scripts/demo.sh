@@ -10,6 +10,13 @@ export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
 volt-ansible provision --backend local
 trap 'volt-ansible destroy --yes' EXIT   # never leave an instance behind, whatever fails below
 volt-ansible status
-volt-ansible run ping
-volt-ansible run prepare          # toolchain + CUDA check + build, through ansible-runner
-ansible-playbook playbooks/prepare.yml   # plain Ansible works too; the second run changes nothing
+volt-ansible run prepare          # toolchain + CUDA check + build of the Volt-X fixture
+volt-ansible run sync             # the fixture's data, needed-first, verified
+volt-ansible train --stage all    # Phase 0.3 + stages 1 -> 2 -> 3 in tmux
+for _ in $(seq 120); do           # the fixture trains in seconds
+  volt-ansible status | grep -Eq '^stage3 +done' && break
+  sleep 2
+done
+volt-ansible status
+volt-ansible run backup -e backup_stable_s=0   # outputs home, verified: runs/<campaign>/
+ansible-playbook playbooks/ping.yml            # plain Ansible works from the project root too

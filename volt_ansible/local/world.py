@@ -59,6 +59,27 @@ class World:
             vols.append(f"{real}:{real}:ro")
         return vols
 
+    def publish_data(self) -> Path:
+        """The fixture's tiny training data, laid out where group_vars' volt_data sources point."""
+        import shutil
+        import sys
+
+        import yaml
+
+        gen = self.local_dir / "data" / "generated"
+        if not (gen / "data").exists():
+            subprocess.run([sys.executable, str(self.root / FIXTURE / "make_data.py"), str(gen)], check=True, capture_output=True)
+        root = self.local_dir / "data" / "VoltData"
+        spec = yaml.safe_load((self.root / "group_vars" / "all.yml").read_text())
+        for item in spec.get("volt_data", {}).get("items", []):
+            src = gen / item["dest"]
+            if item.get("enabled", True) and src.is_file():
+                dst = root / item["src"]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.exists():
+                    shutil.copy2(src, dst)
+        return root
+
     def host_vars(self) -> dict:
         from volt_ansible.local import toolchain
 
@@ -66,4 +87,5 @@ class World:
             "repo_build_repo": self.publish_fixture(),
             "rust_toolchain_method": "archive",
             "rust_toolchain_archive": str(toolchain.ensure_archive()),
+            "data_sync_local_root": str(self.publish_data()),
         }
