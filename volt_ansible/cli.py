@@ -35,7 +35,7 @@ def _backend(value: str) -> str:
 @contextmanager
 def _spinner(title: str) -> Iterator:
     with out.status(title) as status:
-        yield lambda msg: status.update(f"{title}: {msg}")
+        yield lambda msg: status.update(f"{title}: {escape(msg)}")
 
 
 def _offer_table(offers: list[dict]) -> Table:
