@@ -238,13 +238,11 @@ def backup_dir() -> Path:
 
 def backup(on_task=None):
     """Pull finished checkpoints, outputs and logs home (playbooks/backup.yml); return the run and what is home."""
-    import yaml
-
     from volt_ansible import home
 
     local = backup_dir()
     result = run_playbook("backup", {"backup_local_dir": str(local)}, on_task=on_task)
-    jobs = yaml.safe_load(spec_mod.SPEC_FILE.read_text())
+    jobs = spec_mod.read()
     required = home.required_outputs(jobs.get("volt_phase03"), jobs.get("volt_curriculum"))
     return result, home.summary(local, required)
 

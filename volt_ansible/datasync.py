@@ -551,16 +551,11 @@ def check(spec_file: str | os.PathLike = "group_vars/all.yml", volt_dir: str | o
     progress: optional callable(done_bytes, total_bytes) while files are hashed.
     Returns a Report (`.lines()` to print, `.items`, `.total_bytes`); raises VoltError with one line.
     """
-    import yaml
+    from volt_ansible.spec import read
 
     path = Path(spec_file)
-    if not path.exists():
-        raise VoltError(f"{path} not found: run volt-ansible from the project root (where group_vars/ is)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise VoltError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict) or "volt_data" not in data:
+    data = read(path)
+    if "volt_data" not in data:
         raise VoltError(f"{path} has no volt_data section: add it (see the volt_data block of the project's group_vars/all.yml)")
     vdir = Path(volt_dir) if volt_dir is not None else Path(os.environ.get("VOLT_DIR", ".volt"))
     return preflight(data["volt_data"], vdir.absolute(), jobs, progress)

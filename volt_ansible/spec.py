@@ -84,7 +84,8 @@ def parse(data: dict, source: str = str(SPEC_FILE)) -> Spec:
         raise VoltError(f"{source}: {_describe(e.errors()[0], data)}") from None
 
 
-def load(path: Path = SPEC_FILE) -> Spec:
+def read(path: Path = SPEC_FILE) -> dict:
+    """group_vars/all.yml as a plain mapping, or a one-line error: the one reader of the campaign file."""
     if not path.exists():
         raise VoltError(f"{path} not found: run volt-ansible from the project root (where group_vars/ is)")
     try:
@@ -93,4 +94,8 @@ def load(path: Path = SPEC_FILE) -> Spec:
         raise VoltError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise VoltError(f"{path} must be a mapping of keys to values")
-    return parse(data, str(path))
+    return data
+
+
+def load(path: Path = SPEC_FILE) -> Spec:
+    return parse(read(path), str(path))

@@ -61,16 +61,15 @@ class World:
 
     def publish_data(self) -> Path:
         """The fixture's tiny training data, laid out where group_vars' volt_data sources point."""
-        import shutil
         import sys
 
-        import yaml
+        from volt_ansible.spec import SPEC_FILE, read
 
         gen = self.local_dir / "data" / "generated"
         if not (gen / "data").exists():
             subprocess.run([sys.executable, str(self.root / FIXTURE / "make_data.py"), str(gen)], check=True, capture_output=True)
         root = self.local_dir / "data" / "VoltData"
-        spec = yaml.safe_load((self.root / "group_vars" / "all.yml").read_text())
+        spec = read(self.root / SPEC_FILE)
         for item in spec.get("volt_data", {}).get("items", []):
             src = gen / item["dest"]
             if item.get("enabled", True) and src.is_file():
