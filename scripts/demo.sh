@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded local default: rent (Vast API double + podman instance),
-# prepare it (toolchain, CUDA check, Volt-X fixture built), destroy it.
+# prepare it, send the data, train Phase 0.3 + the 3 stages, bring the outputs home, destroy it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,7 +8,8 @@ source .venv/bin/activate
 export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
 
 volt-ansible provision --backend local
-trap 'volt-ansible destroy --yes' EXIT   # never leave an instance behind, whatever fails below
+# never leave an instance behind if something below fails (a demo: losing its outputs is fine)
+trap 'volt-ansible destroy --yes --force 2>/dev/null || true' EXIT
 volt-ansible status
 volt-ansible run prepare          # toolchain + CUDA check + build of the Volt-X fixture
 volt-ansible run sync             # the fixture's data, needed-first, verified
@@ -20,3 +21,4 @@ done
 volt-ansible status
 volt-ansible run backup -e backup_stable_s=0   # outputs home, verified: runs/<campaign>/
 ansible-playbook playbooks/ping.yml            # plain Ansible works from the project root too
+volt-ansible finish                            # everything home and verified -> destroy, summary

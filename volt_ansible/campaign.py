@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from volt_ansible import ledger, recovery, rent, ssh
 from volt_ansible import spec as spec_mod
-from volt_ansible import ssh
 from volt_ansible import state as state_mod
 from volt_ansible.errors import VoltError
-from volt_ansible.state import Instance, LedgerEntry, State
-from volt_ansible.vast import DEAD_STATUSES, Backend, Vast
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
-
-
-@dataclass
-class Plan:
-    offer: dict
-    dph: float
-
-    @property
-    def per_day(self) -> float:
-        return self.dph * 24
+from volt_ansible.rent import Progress
+from volt_ansible.state import Home, Instance, Recovery, State
+from volt_ansible.vast import Backend, Vast
 
 
 def offers(backend: Backend, limit: int | None = None) -> list[dict]:
@@ -40,139 +24,18 @@ def offers(backend: Backend, limit: int | None = None) -> list[dict]:
         return found
 
 
-def choose(vast: Vast, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
-    found = vast.search(spec.instance)
-    if offer_id is not None:
-        match = next((o for o in found if o["id"] == offer_id), None)
-        if match is None:
-            raise VoltError(f"offer {offer_id} is not among the offers matching the spec: run `volt-ansible offers` and pick an ID it lists")
-        return Plan(match, match["dph_total"])
-    if not found:
-        raise VoltError(f"no offer matches the spec: {vast.explain_no_match(spec.instance)}")
-    return Plan(found[0], found[0]["dph_total"])
-
-
-def plan(backend: Backend, offer_id: int | None = None) -> Plan:
+def plan(backend: Backend, offer_id: int | None = None) -> rent.Plan:
     spec = spec_mod.load()
     with Vast(backend, state_mod.volt_dir()) as vast:
-        return choose(vast, spec, offer_id)
+        return rent.choose(vast, spec, offer_id)
 
 
-def _record(state: State, **changes) -> None:
-    assert state.instance is not None
-    state.instance = state.instance.model_copy(update=changes)
-    state_mod.save(state)
-
-
-def _close_ledger(state: State, instance_id: int, reason: str) -> None:
-    entry = state.open_entry(instance_id)
-    if entry:
-        entry.ended_at = time.time()
-        entry.end_reason = reason
-
-
-def _abandon(vast: Vast, state: State, reason: str) -> VoltError:
-    """Destroy a half-made instance (nothing is on it yet) so a failed provision never keeps billing."""
-    assert state.instance is not None
-    iid = state.instance.id
-    try:
-        vast.destroy(iid)
-        outcome = f"instance {iid} was destroyed"
-    except VoltError as e:
-        outcome = f"destroying instance {iid} failed too ({e}): run `volt-ansible destroy --yes`"
-        return VoltError(f"{reason}; {outcome}")
-    _close_ledger(state, iid, f"abandoned: {reason}")
-    state.instance = None
-    state_mod.save(state)
-    return VoltError(f"{reason}; {outcome}")
-
-
-def _wait_running(vast: Vast, state: State, timeout: float, interval: float, progress: Progress) -> dict:
-    assert state.instance is not None
-    iid, deadline, last = state.instance.id, time.monotonic() + timeout, "unknown"
-    while True:
-        row = vast.show(iid)
-        last = (row or {}).get("actual_status") or "created"
-        progress(f"instance {iid}: {last}")
-        if row is None:
-            raise _abandon(vast, state, f"instance {iid} vanished from the API while starting")
-        if last == "running" and row.get("ssh_port"):
-            return row
-        if last in DEAD_STATUSES:
-            msg = row.get("status_msg") or "no message"
-            raise _abandon(vast, state, f"instance {iid} went {last} while starting ({msg}): the host is unusable, provision again to rent another")
-        if time.monotonic() > deadline:
-            raise _abandon(
-                vast,
-                state,
-                f"instance {iid} did not reach running in {timeout:g} s (last status {last}): "
-                f"provision again, or raise volt_provision.running_timeout_s",
-            )
-        time.sleep(interval)
-
-
-def _wait_ssh(vast: Vast, state: State, host: str, port: int, timeout: float, interval: float, progress: Progress) -> None:
-    volt_dir, deadline = state_mod.volt_dir(), time.monotonic() + timeout
-    pinned = False
-    while time.monotonic() < deadline:
-        if not pinned and ssh.banner(host, port):
-            progress(f"sshd answers on {host}:{port}: pinning its host key")
-            ssh.pin_host_key(volt_dir, host, port)
-            pinned = True
-        if pinned and ssh.can_login(volt_dir, host, port):
-            return
-        progress(f"waiting for sshd on {host}:{port}")
-        time.sleep(min(interval, 1.0))
-    raise _abandon(
-        vast,
-        state,
-        f"sshd on {host}:{port} did not accept the campaign key within {timeout:g} s: provision again, or raise volt_provision.ssh_timeout_s",
-    )
-
-
-def provision(backend: Backend, offer_id: int | None = None, progress: Progress = _quiet) -> Instance:
+def provision(backend: Backend, offer_id: int | None = None, progress: Progress = rent.quiet) -> Instance:
     spec = spec_mod.load()
     state = state_mod.load()
     if state.instance is not None:
         raise VoltError(f"instance {state.instance.id} ({state.instance.backend}) is already provisioned: use it, or `volt-ansible destroy` it first")
-    volt_dir = state_mod.volt_dir()
-    world, host_vars = None, {}
-    if backend == "local":
-        from volt_ansible.local import podman
-        from volt_ansible.local.world import World
-
-        podman.require()
-
-        progress("preparing the local world (fixture repo, toolchain archive)")
-        world = World(project_root(), volt_dir / "local")
-        host_vars = world.host_vars()
-    with Vast(backend, volt_dir, world) as vast:
-        public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
-        chosen = choose(vast, spec, offer_id)
-        progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
-        iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
-        # Record before anything else can fail: an instance we do not know about bills forever.
-        state.campaign = spec.campaign
-        state.instance = Instance(
-            id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph, host_vars=host_vars
-        )
-        state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
-        state_mod.save(state)
-        try:
-            vast.attach_ssh(iid, public_key)
-        except VoltError as e:
-            raise _abandon(vast, state, str(e)) from None
-        p = spec.provision
-        row = _wait_running(vast, state, p.running_timeout_s, p.poll_interval_s, progress)
-        live = float(row.get("dph_total") or 0)
-        cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
-        if live > cap:
-            raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
-        state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
-        host, port = row["ssh_host"], int(row["ssh_port"])
-        _record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
-        _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
-        return state.instance  # type: ignore[return-value]
+    return rent.rent(backend, spec, state, project_root(), offer_id, progress)
 
 
 @dataclass
@@ -189,22 +52,59 @@ def status() -> Status:
         with Vast(state.instance.backend, state_mod.volt_dir()) as vast:
             live = vast.show(state.instance.id)
         if live is not None and live.get("actual_status") and live["actual_status"] != state.instance.status:
-            _record(state, status=live["actual_status"])
+            rent.record(state, status=live["actual_status"])
     return Status(state, live, state.total_cost())
 
 
-def destroy() -> int:
+def _required() -> list[str]:
+    from volt_ansible import home
+
+    data = spec_mod.read()
+    return home.required_outputs(data.get("volt_phase03"), data.get("volt_curriculum"))
+
+
+def not_home() -> list[str]:
+    """The campaign's outputs (codebook, every stage's) that are not home and verified yet."""
+    from volt_ansible import home
+
+    return home.missing(backup_dir(), _required())
+
+
+@dataclass
+class Destroyed:
+    ids: list[int]
+    lost: list[str]  # outputs that were not home (destroy --force)
+    newest_epoch: dict | None
+
+
+def destroy(force: bool = False, reason: str = "destroyed") -> Destroyed:
+    """Destroy the instance and any kept after a preemption. Refused while outputs are not home, unless force."""
+    from volt_ansible import home
+
     state = state_mod.load()
-    if state.instance is None:
+    targets = [i for i in [state.instance, *state.retired] if i is not None]
+    if not targets:
         raise VoltError(f"no instance to destroy: {state_mod.path()} records none (see `volt-ansible status`)")
-    inst = state.instance
-    with Vast(inst.backend, state_mod.volt_dir()) as vast:
-        vast.destroy(inst.id)
-    _close_ledger(state, inst.id, "destroyed")
-    ssh.forget_host(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
-    state.instance = None
-    state_mod.save(state)
-    return inst.id
+    missing = not_home()
+    if missing and not force:
+        raise VoltError(
+            f"not destroying instance {targets[0].id}: {', '.join(missing)} not home yet; run `volt-ansible backup` (or "
+            f"`volt-ansible finish` once training is done), or `volt-ansible destroy --force` to lose them"
+        )
+    newest = home.summary(backup_dir()).get("newest_epoch")
+    volt_dir = state_mod.volt_dir()
+    done = []
+    for inst in targets:
+        with Vast(inst.backend, volt_dir) as vast:
+            vast.destroy(inst.id)
+        rent.close_ledger(state, inst.id, reason)
+        ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
+        if state.instance is not None and state.instance.id == inst.id:
+            state.instance = None
+        state.retired = [r for r in state.retired if r.id != inst.id]
+        state_mod.save(state)
+        done.append(inst.id)
+    return Destroyed(done, missing, newest)
 
 
 def ssh_command(extra: list[str]) -> list[str]:
@@ -258,8 +158,7 @@ def job_lines() -> list[str]:
     """Each training job's state, GPU and CPU load, and warnings, read over one SSH round trip."""
     from volt_ansible import jobs
 
-    host, port = _instance_endpoint()
-    return jobs.format_snapshot(jobs.snapshot(state_mod.volt_dir(), host, port, jobs.layout(project_root())))
+    return jobs.format_snapshot(job_snapshot())
 
 
 def logs_command(job: str | None, follow: bool, lines: int, tty: bool) -> list[str]:
@@ -276,3 +175,252 @@ def plot(output: str) -> Path:
     host, port = _instance_endpoint()
     lay = jobs.layout(project_root())
     return plot_mod.write_png(jobs.fetch_logs(state_mod.volt_dir(), host, port, lay), Path(output), lay)
+
+
+def job_snapshot():
+    from volt_ansible import jobs
+
+    host, port = _instance_endpoint()
+    return jobs.snapshot(state_mod.volt_dir(), host, port, jobs.layout(project_root()))
+
+
+def projection(snap) -> ledger.Projection:
+    state = state_mod.load()
+    dph = state.instance.dph_total if state.instance else 0.0
+    return ledger.Projection(state.total_cost(), ledger.remaining_hours(snap), dph)
+
+
+def _run_ok(name: str, extravars: dict, progress: Progress, then: str) -> None:
+    """Run a playbook; a failure becomes one line naming the task and what to do next."""
+    result = run_playbook(name, extravars, on_task=lambda task, n: progress(f"{name} [{n}] {task}"))
+    if result.rc != 0:
+        f = result.failures[0] if result.failures else None
+        why = f"task '{f.task}' on {f.host}: {f.msg}" if f else f"ansible-playbook exited {result.rc}"
+        raise VoltError(f"{name} failed ({why}; log {result.log}); {then}")
+
+
+def _retrying(what: str, fn, progress: Progress):
+    """Vast API calls of a recovery: a few tries with a pause, then one clear error."""
+    w = spec_mod.load().watch
+    for attempt in range(1, w.api_retries + 1):
+        try:
+            return fn()
+        except VoltError as e:
+            if attempt == w.api_retries:
+                raise VoltError(f"{what} failed {attempt} times (last: {e})") from None
+            progress(f"{what} failed ({e}); trying again in {w.api_retry_delay_s:g} s")
+            time.sleep(w.api_retry_delay_s)
+    raise AssertionError("unreachable")
+
+
+def health(state: State, vast: Vast) -> tuple[str, dict | None]:
+    """(why the instance is lost or "", its API row); records when SSH started failing."""
+    inst = state.instance
+    assert inst is not None
+    live, now = vast.show(inst.id), time.time()
+    if live is not None and live.get("actual_status") == "running" and inst.ssh_port:
+        ok = ssh.can_login(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
+        if ok != (inst.unreachable_since is None):
+            rent.record(state, unreachable_since=None if ok else now)
+    return recovery.lost_reason(live, state.instance.unreachable_since, spec_mod.load().watch.ssh_dead_s, now), live
+
+
+@dataclass
+class Recovered:
+    lost_id: int
+    reason: str
+    new: Instance
+    restore: recovery.Restore
+    seconds: float  # from the start of this command to the jobs started again
+
+
+def recover(from_scratch: bool = False, force: bool = False, progress: Progress = rent.quiet) -> Recovered:
+    """Replace a lost instance: rent the same spec, prepare it, send the data the unfinished jobs need, push
+    back what is home (finished outputs, the newest verified epoch checkpoint) and resume training."""
+    from volt_ansible import jobs
+
+    t0 = time.monotonic()
+    root, spec, state = project_root(), spec_mod.load(), state_mod.load()
+    volt_dir, local = state_mod.volt_dir(), backup_dir()
+    lay = jobs.layout(root)
+    again = "run `volt-ansible recover` again: it continues where it stopped"
+    if state.recovery is None:
+        if state.instance is None:
+            raise VoltError("no instance is recorded and no recovery is under way: nothing to recover (`volt-ansible provision` starts one)")
+        inst = state.instance
+        with Vast(inst.backend, volt_dir) as vast:
+            reason, live = _retrying(f"reading instance {inst.id}", lambda: health(state, vast), progress)
+        if not reason:
+            if not force:
+                raise VoltError(f"instance {inst.id} is running and answers SSH: nothing to recover (`volt-ansible status` shows its jobs; "
+                                "`recover --force` replaces it anyway)")
+            reason = "replaced on request (--force)"
+        plan = recovery.plan(lay, local)
+        if not plan.pending:
+            raise VoltError(f"every output is home in {local}: nothing to resume; `volt-ansible finish` destroys instance {inst.id}")
+        if not plan.files and not from_scratch:
+            raise VoltError(f"instance {inst.id} is lost ({reason}) and {local} holds no backup of this campaign (no output, no epoch "
+                            "checkpoint): a replacement would train from zero; run `volt-ansible recover --from-scratch` to accept that")
+        progress(f"instance {inst.id} lost: {reason}")
+        rent.close_ledger(state, inst.id, f"lost: {reason}")
+        if live is not None:  # still in the API: its disk may hold newer files; finish/destroy removes it
+            state.retired.append(inst.model_copy(update={"status": live.get("actual_status") or "lost"}))
+        ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
+        state.instance = None
+        state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id)
+        state_mod.save(state)
+    rec = state.recovery
+    if state.instance is None:
+        progress(f"renting a replacement for instance {rec.lost_id}")
+        try:
+            _retrying("renting a replacement", lambda: rent.rent(rec.backend, spec, state, root, progress=progress), progress)
+        except VoltError as e:
+            kept = f"; instance {rec.lost_id} is kept (not destroyed)" if any(r.id == rec.lost_id for r in state.retired) else ""
+            raise VoltError(f"{e}{kept}; {again}") from None
+    plan = recovery.plan(lay, local)
+    progress(plan.describe())
+    _run_ok("prepare", {}, progress, again)
+    items = recovery.data_items(spec_mod.read().get("volt_data") or {}, plan.pending)
+    if items:
+        _run_ok("sync", {"data_sync_items": items}, progress, again)
+    if plan.files:
+        _run_ok("restore", {"backup_local_dir": str(local), "backup_restore_files": plan.files, "backup_restore_epoch_owner": plan.owner,
+                            "backup_restore_epoch_owner_path": lay.epoch_owner}, progress, again)
+    phase03 = lay.jobs[0].name in plan.pending
+    _run_ok("train", {"stage": "all" if plan.stages(lay) else "none", "phase03": phase03}, progress, again)
+    state = state_mod.load()
+    state.recovery = None
+    state_mod.save(state)
+    assert state.instance is not None
+    return Recovered(rec.lost_id, rec.reason, state.instance, plan, time.monotonic() - t0)
+
+
+@dataclass
+class Finished:
+    destroyed: list[int]
+    lines: list[str]
+
+
+def _backup_now(progress: Progress, stable_s: int | None = None) -> dict:
+    """Run the backup and record what is home in the state; return home.summary."""
+    from volt_ansible import home
+
+    extra: dict = {"backup_local_dir": str(backup_dir())}
+    if stable_s is not None:
+        extra["backup_stable_s"] = stable_s
+    _run_ok("backup", extra, progress, "run `volt-ansible backup` to see why; nothing was destroyed")
+    summary = home.summary(backup_dir(), _required())
+    state = state_mod.load()
+    newest = home.newest_epoch_checkpoint(backup_dir(), verify=False)
+    job = None
+    if newest:
+        entry = home.load(backup_dir())["files"].get(str(newest[1].relative_to(backup_dir().absolute())), {})
+        job = entry.get("job")
+    state.home = Home(at=time.time(), files=summary["files"], bytes=summary["bytes"], missing=summary["missing"],
+                      newest_epoch={"job": job, "epoch": newest[0], "path": str(newest[1])} if newest else None)
+    state_mod.save(state)
+    return summary
+
+
+def finish(progress: Progress = rent.quiet) -> Finished:
+    """Everything home and verified -> destroy the instance (and any kept after a preemption), print the summary."""
+    from volt_ansible import home
+
+    state = state_mod.load()
+    if state.instance is None and not state.retired:
+        raise VoltError("no instance to finish: nothing is rented (`volt-ansible status`)")
+    if state.instance is not None:
+        running = [j.name for j in job_snapshot().jobs if j.state in ("running", "waiting", "queued")]
+        if running:
+            raise VoltError(f"still running: {', '.join(running)}; finish once they are done (`volt-ansible watch` does it automatically)")
+        _backup_now(progress, stable_s=0)  # nothing is being written: take the last files now
+    local = backup_dir()
+    missing = [p for p in _required() if not home.is_home(local, p, verify=True)]
+    if missing:
+        raise VoltError(f"not finished: {', '.join(missing)} not home and verified in {local}; nothing was destroyed "
+                        "(`volt-ansible status` shows the jobs; `volt-ansible recover` after a preemption)")
+    gone = destroy(reason="finished")
+    state = state_mod.load()
+    hours = sum(((e.ended_at or time.time()) - e.started_at) / 3600 for e in state.ledger)
+    files = home.load(local)["files"]
+    lines = [f"campaign {state.campaign} finished: instance(s) {', '.join(map(str, gone.ids))} destroyed",
+             f"{len(state.ledger)} instance(s) rented, {hours:.2f} h billed, cost ${state.total_cost():.4f}",
+             *(f"home: {p} ({files[p]['size'] / 1e6:.1f} MB, {files[p]['digest'][:19]}...)" for p in _required()),
+             f"everything is in {local} (home.json lists each file with its digest)"]
+    return Finished(gone.ids, lines)
+
+
+@dataclass
+class Round:
+    lines: list[str]
+    done: str = ""  # why watch stops; "" to go on
+
+
+def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, progress: Progress = rent.quiet) -> Round:
+    """One look at the campaign: health (recover when lost), backup when due, jobs, cost and budget, finish when done."""
+    spec, state = spec_mod.load(), state_mod.load()
+    out: list[str] = []
+    if state.stopped:
+        return Round([], done=f"the campaign was stopped: {state.stopped}")
+    if state.recovery is not None or state.instance is None:
+        if state.recovery is None:
+            return Round([], done="no instance is rented: nothing to watch")
+        if not auto_recover:
+            return Round([f"a recovery is under way ({state.recovery.reason}): run `volt-ansible recover`"], done="auto recovery is off")
+        r = recover(progress=progress)
+        return Round([f"recovered: instance {r.new.id} replaces {r.lost_id} ({r.reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
+    inst = state.instance
+    with Vast(inst.backend, state_mod.volt_dir()) as vast:
+        try:
+            reason, _ = health(state, vast)
+        except VoltError as e:
+            return Round([f"warning: {e} (checked again next round)"])
+    if reason:
+        if not auto_recover:
+            return Round([f"instance {inst.id} is lost ({reason}): run `volt-ansible recover`"], done="auto recovery is off")
+        r = recover(progress=progress)
+        return Round([f"recovered: instance {r.new.id} replaces {r.lost_id} ({reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
+    if state_mod.load().instance.unreachable_since is not None:
+        return Round([f"warning: instance {inst.id} is running but SSH fails (lost after volt_watch.ssh_dead_s = {spec.watch.ssh_dead_s:g} s)"])
+    try:
+        snap = job_snapshot()
+    except VoltError as e:
+        return Round([f"warning: reading the jobs failed: {e}"])
+    from volt_ansible import jobs
+
+    out += jobs.format_snapshot(snap)
+    all_done = all(j.state == "done" for j in snap.jobs)
+    home_at = state.home.at if state.home else 0.0
+    if all_done or time.time() - home_at >= interval_min * 60:
+        try:
+            s = _backup_now(progress)
+            out.append(f"backup: {s['files']} file(s) home, {s['bytes'] / 1e6:.1f} MB; missing: {', '.join(s['missing']) or 'nothing'}")
+        except VoltError as e:
+            out.append(f"warning: {e}")
+    proj = projection(snap)
+    out.append(proj.line())
+    over = ledger.over_budget(proj, spec.watch.budget_usd)
+    if over:
+        _backup_now(progress, stable_s=0)
+        gone = destroy(force=True, reason=f"budget: {over}")
+        state = state_mod.load()
+        state.stopped = f"budget: {over}"
+        state_mod.save(state)
+        lost = f"; not home: {', '.join(gone.lost)}" if gone.lost else ""
+        return Round(out + [f"budget: {over}: backed up, instance(s) {', '.join(map(str, gone.ids))} destroyed{lost}"], done=state.stopped)
+    if all_done and auto_finish:
+        f = finish(progress)
+        return Round(out + f.lines, done="finished")
+    return Round(out)
+
+
+def watch(auto_recover: bool, auto_finish: bool, interval_min: float | None = None, once: bool = False, progress: Progress = rent.quiet):
+    """Rounds of watch_round, every volt_watch.poll_s, until the campaign is finished or stopped (or once)."""
+    w = spec_mod.load().watch
+    interval = interval_min if interval_min is not None else w.backup_interval_min
+    while True:
+        r = watch_round(auto_recover, auto_finish, interval, progress)
+        yield r
+        if r.done or once:
+            return
+        time.sleep(w.poll_s)

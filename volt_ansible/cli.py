@@ -106,10 +106,26 @@ def status(jobs_too: bool = typer.Option(True, "--jobs/--no-jobs", help="also re
             f"instance {i.id} {escape('[' + i.backend + ']')} {i.gpu_name}: [bold]{shown}[/]  ssh {i.ssh_host}:{i.ssh_port}  "
             f"${i.dph_total:.3f}/h  up {up:.2f} h"
         )
-    out.print(f"cost so far: ${s.cost_usd:.4f} over {len(s.state.ledger)} instance(s)")
+    for r in s.state.retired:
+        out.print(f"instance {r.id} lost ({r.status}), kept: its disk may hold files newer than the backup; `finish` or `destroy` removes it")
+    if s.state.recovery:
+        out.print(f"[yellow]recovery under way[/] ({escape(s.state.recovery.reason)}): `volt-ansible recover` continues it")
+    if s.state.stopped:
+        out.print(f"[red]campaign stopped[/]: {escape(s.state.stopped)}")
+    if s.state.home:
+        h = s.state.home
+        newest = f"{h.newest_epoch['job']} epoch {h.newest_epoch['epoch']}" if h.newest_epoch else "none"
+        out.print(f"home ({time.strftime('%H:%M:%S', time.localtime(h.at))}): {h.files} file(s), {h.bytes / 1e6:.1f} MB, "
+                  f"newest epoch checkpoint {newest}; missing: {', '.join(h.missing) or 'nothing'}", soft_wrap=True, highlight=False)
     if jobs_too and s.state.instance is not None and (s.live or {}).get("actual_status") == "running":
-        for line in campaign.job_lines():
+        from volt_ansible import jobs
+
+        snap = campaign.job_snapshot()
+        out.print(escape(campaign.projection(snap).line()), soft_wrap=True, highlight=False)
+        for line in jobs.format_snapshot(snap):
             out.print(escape(line), soft_wrap=True, highlight=False)
+    else:
+        out.print(f"cost so far: ${s.cost_usd:.4f} over {len(s.state.ledger)} instance(s)")
 
 
 @app.command()
@@ -120,15 +136,64 @@ def ssh(command: list[str] = typer.Argument(None, help="a command to run instead
 
 
 @app.command()
-def destroy(yes: bool = typer.Option(False, "--yes", "-y", help="do not ask")) -> None:
-    """Destroy the instance (never just stop it: a stopped Vast instance still bills storage)."""
+def destroy(
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask"),
+    force: bool = typer.Option(False, "--force", help="destroy even though outputs are not home (they are lost)"),
+) -> None:
+    """Destroy the instance (never just stop it: a stopped Vast instance still bills storage). Refused while outputs are not home."""
     s = campaign.status()
-    if s.state.instance is None:
+    targets = [i.id for i in [s.state.instance, *s.state.retired] if i is not None]
+    if not targets:
         raise VoltError("no instance to destroy: .volt/state.json records none (see `volt-ansible status`)")
-    if not yes and not typer.confirm(f"Destroy instance {s.state.instance.id}? Everything on its disk is deleted"):
+    if not yes and not typer.confirm(f"Destroy instance(s) {', '.join(map(str, targets))}? Everything on their disks is deleted"):
         raise typer.Exit(1)
-    iid = campaign.destroy()
-    out.print(f"instance {iid} destroyed")
+    d = campaign.destroy(force=force)
+    out.print(f"instance(s) {', '.join(map(str, d.ids))} destroyed")
+    if d.lost:
+        newest = f"{d.newest_epoch['path']} (epoch {d.newest_epoch['epoch']})" if d.newest_epoch else "none"
+        out.print(f"[yellow]lost[/] (not home): {', '.join(d.lost)}; newest epoch checkpoint home: {newest}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def recover(
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="recover even with no backup: training starts from zero"),
+    force: bool = typer.Option(False, "--force", help="replace the instance even though it still answers"),
+) -> None:
+    """After a preemption: rent the same spec, prepare it, push the data and the newest epoch checkpoint home, resume."""
+    with _spinner("recover") as progress:
+        r = campaign.recover(from_scratch=from_scratch, force=force, progress=progress)
+    out.print(f"[green]instance {r.new.id} replaces {r.lost_id}[/] ({escape(r.reason)}); jobs started again after {r.seconds:.0f} s")
+    out.print(escape(r.restore.describe()), soft_wrap=True, highlight=False)
+
+
+@app.command()
+def finish() -> None:
+    """Once every stage's output and the codebook are home and verified: destroy the instance, print the summary."""
+    with _spinner("finish") as progress:
+        f = campaign.finish(progress)
+    for line in f.lines:
+        out.print(escape(line), soft_wrap=True, highlight=False)
+
+
+@app.command()
+def watch(
+    interval: float | None = typer.Option(None, "--interval", "-i", min=0.01, help="minutes between backups (volt_watch.backup_interval_min)"),
+    auto_recover: bool | None = typer.Option(None, "--recover/--no-recover", help="replace a lost instance (default volt_watch.auto_recover)"),
+    auto_finish: bool | None = typer.Option(None, "--finish/--no-finish", help="finish when the last stage is home (default volt_watch.auto_finish)"),
+    once: bool = typer.Option(False, "--once", help="one round, then exit"),
+) -> None:
+    """Back up every N minutes, recover after a preemption, stop at the budget, finish at the end. Safe to stop and restart."""
+    from volt_ansible import spec as spec_mod
+
+    w = spec_mod.load().watch
+    rec = w.auto_recover if auto_recover is None else auto_recover
+    fin = w.auto_finish if auto_finish is None else auto_finish
+    for r in campaign.watch(rec, fin, interval, once, progress=lambda msg: err.print(escape(msg), highlight=False)):
+        out.rule(time.strftime("%H:%M:%S"))
+        for line in r.lines:
+            out.print(escape(line), soft_wrap=True, highlight=False)
+        if r.done:
+            out.print(f"watch: {escape(r.done)}")
 
 
 def _extravars(pairs: list[str]) -> dict:

@@ -49,6 +49,17 @@ class ProvisionSpec(_Strict):
     poll_interval_s: float = Field(default=5, gt=0)
 
 
+class WatchSpec(_Strict):
+    backup_interval_min: float = Field(default=30, gt=0)
+    poll_s: float = Field(default=60, gt=0)
+    ssh_dead_s: float = Field(default=600, gt=0)
+    auto_recover: bool = True
+    auto_finish: bool = True
+    budget_usd: float | None = Field(default=None, gt=0)
+    api_retries: int = Field(default=3, ge=1)
+    api_retry_delay_s: float = Field(default=10, ge=0)
+
+
 class Spec(BaseModel):
     """Only the volt_* keys Python needs; roles' own keys in the same file are ignored here."""
 
@@ -57,6 +68,7 @@ class Spec(BaseModel):
     campaign: str = Field(alias="volt_campaign", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     instance: InstanceSpec = Field(alias="volt_instance")
     provision: ProvisionSpec = Field(alias="volt_provision", default_factory=ProvisionSpec)
+    watch: WatchSpec = Field(alias="volt_watch", default_factory=WatchSpec)
 
 
 def _describe(err: dict, data: dict) -> str:

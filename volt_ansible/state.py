@@ -31,6 +31,7 @@ class Instance(BaseModel):
     dph_total: float = 0.0
     status: str = "created"
     created_at: float = Field(default_factory=time.time)
+    unreachable_since: float | None = None  # first failed SSH check since the last good one
     # Ansible variables this instance needs beyond group_vars (the local world sets its own repo/toolchain).
     host_vars: dict[str, Any] = {}
 
@@ -48,11 +49,36 @@ class LedgerEntry(BaseModel):
         return max(0.0, end - self.started_at) / 3600.0 * self.dph_total
 
 
+class Home(BaseModel):
+    """What the last backup found at home (runs/<campaign>/home.json), recorded by `watch`."""
+
+    at: float
+    files: int = 0
+    bytes: int = 0
+    newest_epoch: dict[str, Any] | None = None  # {job, epoch, path}
+    missing: list[str] = []  # required outputs not home yet
+
+
+class Recovery(BaseModel):
+    """A replacement under way: set when the instance is found lost, cleared once training resumed."""
+
+    reason: str
+    backend: Literal["vast", "local"]
+    lost_id: int
+    started_at: float = Field(default_factory=time.time)
+
+
 class State(BaseModel):
     version: int = STATE_VERSION
     campaign: str = ""
     instance: Instance | None = None
+    # Instances lost to a preemption but still in the API: kept (their disk may hold files newer than
+    # the backup) until `finish` or `destroy --lost` removes them.
+    retired: list[Instance] = []
     ledger: list[LedgerEntry] = []
+    home: Home | None = None
+    recovery: Recovery | None = None
+    stopped: str = ""  # why the campaign was stopped (budget), empty while it runs
 
     def open_entry(self, instance_id: int) -> LedgerEntry | None:
         for e in self.ledger:

@@ -1,0 +1,154 @@
+"""Never lose a checkpoint: the preemption drill, recover's refusals and faults, and the budget stop, on the local backend."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime
+
+import pytest
+import yaml
+from conftest import REPO
+
+pytestmark = pytest.mark.podman
+
+DEST = "/root/volt-x"
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def drill_spec(project, epochs: int, epoch_ms: int) -> None:
+    """Stage 1 only (Phase 0.3 beside it), slow enough to be preempted between epochs; quick rounds of watch."""
+    cur = yaml.safe_load((REPO / "group_vars/all.yml").read_text())["volt_curriculum"]
+    project.spec(
+        volt_curriculum={"stages": cur["stages"][:1], "args": {**cur["args"], "--epochs": epochs}},
+        volt_watch={"poll_s": 1, "api_retry_delay_s": 0},
+        training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": epoch_ms},
+        backup_stable_s=1,
+    )
+
+
+def home(project) -> dict:
+    path = project.root / "runs" / "volt-x-phase21" / "home.json"
+    return json.loads(path.read_text())["files"] if path.exists() else {}
+
+
+def stage1_epochs_home(project) -> list[int]:
+    return sorted(e["epoch"] for e in home(project).values() if e.get("kind") == "epoch" and e.get("job") == "stage1")
+
+
+def on_instance(project, command: str) -> str:
+    return project.cli("ssh", "--", command).stdout
+
+
+def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project):
+    drill_spec(project, epochs=8, epoch_ms=3000)
+    project.cli("provision")
+    project.cli("run", "prepare", timeout=900)
+    project.cli("run", "sync")
+    project.cli("train", "--stage", "1")
+
+    # watch backs up every round (--interval 0.01 min) until two epoch checkpoints of stage 1 are home
+    deadline = time.monotonic() + 120
+    while len(stage1_epochs_home(project)) < 2:
+        assert time.monotonic() < deadline, home(project)
+        project.cli("watch", "--once", "--interval", "0.01", "--no-finish")
+    state = project.state()
+    assert state["home"]["newest_epoch"]["job"] == "stage1" and state["home"]["newest_epoch"]["epoch"] >= 2
+    assert "checkpoints/scaled_vfn_stage1.safetensors" not in home(project)  # stage 1 is still training
+    newest = max(stage1_epochs_home(project))
+    old_id = state["instance"]["id"]
+
+    refused = one_line_error(project.cli("destroy", "--yes", check=False))
+    assert f"not destroying instance {old_id}" in refused and "scaled_vfn_stage1.safetensors" in refused
+
+    project.cli("local", "preempt")
+    preempted = time.time()
+    out = project.cli("recover", timeout=900).stdout
+    new_id = project.state()["instance"]["id"]
+    assert f"instance {new_id} replaces {old_id}" in out and "exited in the Vast API" in out
+    assert f"stage1 resumes from epoch {newest}" in out
+
+    # the replacement's stage 1 started from the newest epoch at home, not from zero
+    log = on_instance(project, f"cat {DEST}/logs/phase21_stage1.log")
+    assert f"train-vfn: resumed from checkpoints/scaled_vfn_epoch_{newest}.safetensors at epoch {newest}" in log, log
+    start = re.search(r"^volt-job: (\S+) start stage1 attempt 1", log, re.M)
+    gpu_busy = datetime.fromisoformat(start[1].replace("Z", "+00:00")).timestamp() - preempted
+    print(f"\ndrill: preempt -> GPU job running again: {gpu_busy:.0f} s (recover reported {out.split('after ')[-1].split()[0]} s)")
+
+    err = one_line_error(project.cli("finish", check=False))
+    assert "still running: " in err and "stage1" in err
+
+    deadline = time.monotonic() + 300  # watch (backing up, not finishing) until Phase 0.3 and stage 1 are done
+    while True:
+        rnd = project.cli("watch", "--once", "--no-finish", "--interval", "0.01").stdout
+        if {"phase03", "stage1"} <= set(re.findall(r"^(\S+) +done\b", rnd, re.M)):
+            break
+        assert time.monotonic() < deadline, rnd
+
+    # same epochs completed as a run that was never interrupted: the output is byte-identical
+    exec_line = re.findall(r"^volt-job: \S+ exec (.*)$", log, re.M)[-1]
+    ref = exec_line.split(" --resume ")[0].replace("checkpoints/scaled_vfn_stage1.safetensors", "/tmp/ref.safetensors")
+    sums = on_instance(project, f"cd {DEST} && {ref} >/dev/null 2>&1 && sha256sum checkpoints/scaled_vfn_stage1.safetensors /tmp/ref.safetensors")
+    got, want = sums.split()[0], sums.split()[2]
+    assert got == want
+
+    # watch finishes by itself once the last stage is home: destroys (both instances), prints the summary
+    fin = project.cli("watch", "--once", "--interval", "60").stdout
+    assert "finished" in fin and f"{old_id}" in fin and f"{new_id}" in fin, fin
+    files = home(project)
+    assert files["checkpoints/scaled_vfn_stage1.safetensors"]["digest"] == f"sha256:{got}"
+    assert "checkpoints/codebook_code.bin" in files
+    state = project.state()
+    assert state["instance"] is None and state["retired"] == [] and state["recovery"] is None
+    reasons = [e["end_reason"] for e in state["ledger"]]
+    assert reasons[0].startswith("lost: exited in the Vast API") and reasons[1] == "finished", reasons
+    assert project.double().containers() == []
+
+
+def test_recover_refuses_without_backup_and_keeps_the_lost_instance_when_the_api_fails(project):
+    project.spec(volt_watch={"api_retries": 2, "api_retry_delay_s": 0})
+    project.cli("provision")
+    old_id = project.state()["instance"]["id"]
+    assert "nothing to recover" in one_line_error(project.cli("recover", check=False))
+
+    project.cli("local", "preempt")
+    err = one_line_error(project.cli("recover", check=False))
+    assert "holds no backup of this campaign" in err and "recover --from-scratch" in err
+    assert project.state()["instance"]["id"] == old_id  # nothing changed
+
+    project.double().add_http_fault(500, count=10, path_prefix="/api/v0/asks/")
+    err = one_line_error(project.cli("recover", "--from-scratch", check=False))
+    assert "renting a replacement failed 2 times" in err and f"instance {old_id} is kept (not destroyed)" in err
+    assert "recover` again" in err
+    state = project.state()
+    assert state["instance"] is None and state["recovery"]["lost_id"] == old_id
+    assert [r["id"] for r in state["retired"]] == [old_id]
+    assert project.double().instance(old_id) is not None  # still in the API: not destroyed
+    assert "recovery under way" in project.cli("status").stdout
+
+    refused = one_line_error(project.cli("destroy", "--yes", check=False))
+    assert f"not destroying instance {old_id}" in refused
+    forced = project.cli("destroy", "--yes", "--force").stdout
+    assert f"instance(s) {old_id} destroyed" in forced and "lost (not home)" in forced
+    assert project.state()["retired"] == []
+
+
+def test_budget_crossed_backs_up_then_destroys_with_the_reason(project):
+    project.spec(volt_watch={"budget_usd": 0.000001})
+    project.cli("provision")
+    iid = project.state()["instance"]["id"]
+    out = project.cli("watch", "--once").stdout
+    assert "budget: spent $" in out and f"instance(s) {iid} destroyed" in out, out
+    state = project.state()
+    assert state["stopped"].startswith("budget: spent $") and state["instance"] is None
+    assert state["ledger"][0]["end_reason"].startswith("budget: spent $")
+    assert state["home"] is not None  # the backup ran before the destroy
+    assert project.double().containers() == []
+    assert "the campaign was stopped: budget" in project.cli("watch").stdout

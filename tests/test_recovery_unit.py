@@ -1,0 +1,85 @@
+"""The pure decisions of recovery and the ledger: when an instance is lost, what goes back, what the rest will cost."""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import REPO
+
+from volt_ansible import home, jobs, ledger, recovery
+from volt_ansible.jobs import JobState, LogProgress, Snapshot
+
+
+def lay():
+    return jobs.layout(REPO)
+
+
+def test_lost_reasons():
+    assert recovery.lost_reason(None, None, 600, 1000) == "gone from the Vast API"
+    exited = {"actual_status": "exited", "status_msg": "preempted"}
+    assert recovery.lost_reason(exited, None, 600, 1000).startswith("exited in the Vast API (preempted)")
+    assert recovery.lost_reason({"actual_status": "running"}, None, 600, 1000) == ""
+    assert recovery.lost_reason({"actual_status": "running"}, 500, 600, 1000) == ""
+    assert "SSH has failed for 700 s" in recovery.lost_reason({"actual_status": "running"}, 300, 600, 1000)
+
+
+def put(local, rel: str, data: bytes, **meta) -> None:
+    path = local / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    home.merge(local, [{"path": rel, "src": meta.pop("src", rel), "size": len(data), "digest": "sha256:" + hashlib.sha256(data).hexdigest(), **meta}])
+
+
+def test_plan_pushes_finished_outputs_and_the_newest_verified_epoch_of_the_first_unfinished_stage(tmp_path):
+    put(tmp_path, "checkpoints/codebook_code.bin", b"codebook", kind="output", job="phase03")
+    put(tmp_path, "checkpoints/scaled_vfn_stage1.safetensors", b"s1", kind="output", job="stage1")
+    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_epoch_10.safetensors", b"e10", kind="epoch", job="stage1", epoch=10, mtime_ns=1)
+    put(tmp_path, "checkpoints/epochs/stage2/scaled_vfn_epoch_3.safetensors", b"e3", kind="epoch", job="stage2", epoch=3, mtime_ns=2)
+    put(tmp_path, "checkpoints/epochs/stage2/scaled_vfn_epoch_4.safetensors", b"e4", kind="epoch", job="stage2", epoch=4, mtime_ns=3)
+    (tmp_path / "checkpoints/epochs/stage2/scaled_vfn_epoch_4.safetensors").write_bytes(b"XX")  # damaged at home: not used
+    plan = recovery.plan(lay(), tmp_path)
+    assert plan.pending == ["stage2", "stage3"]
+    assert (plan.owner, plan.resume_epoch) == ("stage2", 3)
+    assert [(f["path"], f["dest"]) for f in plan.files] == [
+        ("checkpoints/codebook_code.bin", "checkpoints/codebook_code.bin"),
+        ("checkpoints/scaled_vfn_stage1.safetensors", "checkpoints/scaled_vfn_stage1.safetensors"),
+        ("checkpoints/epochs/stage2/scaled_vfn_epoch_3.safetensors", "checkpoints/scaled_vfn_epoch_3.safetensors"),
+    ]
+    assert plan.describe().startswith("to run: stage2, stage3; stage2 resumes from epoch 3")
+
+
+def test_plan_with_nothing_home_runs_everything_from_zero(tmp_path):
+    plan = recovery.plan(lay(), tmp_path)
+    assert plan.files == [] and plan.owner == "" and plan.pending == ["phase03", "stage1", "stage2", "stage3"]
+
+
+def test_data_items_only_for_pending_jobs():
+    data = {"items": [{"name": "a", "jobs": ["phase03"]}, {"name": "b", "jobs": ["stage2"]}, {"name": "c", "jobs": []},
+                      {"name": "d", "jobs": ["stage2"], "enabled": False}]}
+    assert [i["name"] for i in recovery.data_items(data, ["stage2", "stage3"])] == ["b"]
+
+
+def job(name, stage, state, epoch=None, epochs=None, eta=None):
+    return JobState(name, name, stage, state, {}, LogProgress(), epoch=epoch, epochs=epochs, eta_s=eta)
+
+
+def snap(*js):
+    return Snapshot(0.0, list(js), {}, None, None, None, [])
+
+
+def test_remaining_hours_from_the_observed_epoch_time():
+    s = snap(job("phase03", None, "done"), job("stage1", 1, "done", 10, 10, 0.0), job("stage2", 2, "running", 4, 10, 6 * 360.0),
+             job("stage3", 3, "queued", None, 10))
+    # stage 2: 6 epochs left in 0.6 h -> 360 s/epoch; stage 3: 10 more epochs
+    assert abs(ledger.remaining_hours(s) - (0.6 + 1.0)) < 1e-9
+    assert ledger.remaining_hours(snap(job("stage1", 1, "running", 0, 10, None))) is None
+    assert ledger.remaining_hours(snap(job("stage1", 1, "done"), job("stage2", 2, "done"))) == 0.0
+
+
+def test_budget():
+    p = ledger.Projection(spent_usd=1.0, remaining_h=10.0, dph=0.2)
+    assert p.total_usd == 3.0
+    assert ledger.over_budget(p, None) == ""
+    assert ledger.over_budget(p, 5.0) == ""
+    assert ledger.over_budget(p, 2.5).startswith("projected $3.0000 > budget $2.5000")
+    assert ledger.over_budget(ledger.Projection(3.0, None, 0.2), 2.5).startswith("spent $3.0000, budget $2.5000")

@@ -1,0 +1,71 @@
+"""After a preemption: is the instance lost, and what goes back onto its replacement."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from volt_ansible import home
+from volt_ansible.jobs import Layout
+from volt_ansible.vast import DEAD_STATUSES
+
+
+def lost_reason(live: dict | None, unreachable_since: float | None, ssh_dead_s: float, now: float) -> str:
+    """Why the instance counts as lost ("" while it does not): exited/offline/gone in the API, or SSH dead too long."""
+    if live is None:
+        return "gone from the Vast API"
+    status = live.get("actual_status")
+    if status in DEAD_STATUSES:
+        return f"{status} in the Vast API ({live.get('status_msg') or 'no message'})"
+    if unreachable_since is not None and now - unreachable_since >= ssh_dead_s:
+        return f"SSH has failed for {now - unreachable_since:.0f} s (volt_watch.ssh_dead_s = {ssh_dead_s:g})"
+    return ""
+
+
+@dataclass
+class Restore:
+    """What a replacement instance gets from home, and which jobs it still has to run."""
+
+    files: list[dict] = field(default_factory=list)  # {path (under the backup dir), dest (under the repo), digest}
+    pending: list[str] = field(default_factory=list)  # jobs whose output is not home, in spec order
+    owner: str = ""  # the stage whose newest epoch checkpoint is restored
+    resume_epoch: int | None = None
+    epoch_dest: str = ""  # where the restored epoch checkpoint goes (training_tmux's live epoch name)
+
+    def stages(self, lay: Layout) -> list[str]:
+        return [j.name for j in lay.stages if j.name in self.pending]
+
+    def describe(self) -> str:
+        done = [f["dest"] for f in self.files if f["dest"] != self.epoch_dest]
+        resume = f"{self.owner} resumes from epoch {self.resume_epoch}" if self.owner else "no epoch checkpoint to resume from"
+        return f"to run: {', '.join(self.pending) or 'nothing'}; {resume}; outputs pushed back: {', '.join(done) or 'none'}"
+
+
+def plan(lay: Layout, local_dir: Path) -> Restore:
+    """From home.json: every finished job's output goes back (a chained stage is skipped only when its output
+    exists), the first unfinished stage resumes from its newest verified epoch checkpoint."""
+    local_dir = Path(local_dir).absolute()
+    files = home.load(local_dir)["files"]
+    out = Restore()
+    for job in lay.jobs:
+        if job.output and home.is_home(local_dir, job.output, verify=True):
+            entry = files[job.output]
+            out.files.append({"path": job.output, "dest": entry.get("src") or job.output, "digest": entry["digest"]})
+        else:
+            out.pending.append(job.name)
+    stages = out.stages(lay)
+    if stages:
+        newest = home.newest_epoch_checkpoint(local_dir, job=stages[0], verify=True)
+        if newest:
+            epoch, path = newest
+            rel = str(path.relative_to(local_dir))
+            out.epoch_dest = posixpath.join(lay.epoch_dir, f"{lay.epoch_prefix}{epoch}{lay.epoch_suffix}")
+            out.files.append({"path": rel, "dest": out.epoch_dest, "digest": files[rel]["digest"]})
+            out.owner, out.resume_epoch = stages[0], epoch
+    return out
+
+
+def data_items(volt_data: dict, pending: list[str]) -> list[dict]:
+    """The enabled data items some pending job reads: a replacement gets nothing a finished job needed."""
+    return [i for i in (volt_data or {}).get("items") or [] if i.get("enabled", True) and set(i.get("jobs") or []) & set(pending)]

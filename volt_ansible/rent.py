@@ -1,0 +1,158 @@
+"""Renting one instance: choose the offer, create it, wait until it runs and SSH works, record it.
+A failure after the create destroys what was made (nothing is on it yet, and it would bill)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from volt_ansible import spec as spec_mod
+from volt_ansible import ssh
+from volt_ansible import state as state_mod
+from volt_ansible.errors import VoltError
+from volt_ansible.state import Instance, LedgerEntry, State
+from volt_ansible.vast import DEAD_STATUSES, Backend, Vast
+
+Progress = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Plan:
+    offer: dict
+    dph: float
+
+    @property
+    def per_day(self) -> float:
+        return self.dph * 24
+
+
+def choose(vast: Vast, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
+    found = vast.search(spec.instance)
+    if offer_id is not None:
+        match = next((o for o in found if o["id"] == offer_id), None)
+        if match is None:
+            raise VoltError(f"offer {offer_id} is not among the offers matching the spec: run `volt-ansible offers` and pick an ID it lists")
+        return Plan(match, match["dph_total"])
+    if not found:
+        raise VoltError(f"no offer matches the spec: {vast.explain_no_match(spec.instance)}")
+    return Plan(found[0], found[0]["dph_total"])
+
+
+def record(state: State, **changes) -> None:
+    assert state.instance is not None
+    state.instance = state.instance.model_copy(update=changes)
+    state_mod.save(state)
+
+
+def close_ledger(state: State, instance_id: int, reason: str) -> None:
+    entry = state.open_entry(instance_id)
+    if entry:
+        entry.ended_at = time.time()
+        entry.end_reason = reason
+
+
+def _abandon(vast: Vast, state: State, reason: str) -> VoltError:
+    """Destroy a half-made instance (nothing is on it yet) so a failed provision never keeps billing."""
+    assert state.instance is not None
+    iid = state.instance.id
+    try:
+        vast.destroy(iid)
+        outcome = f"instance {iid} was destroyed"
+    except VoltError as e:
+        outcome = f"destroying instance {iid} failed too ({e}): run `volt-ansible destroy --yes`"
+        return VoltError(f"{reason}; {outcome}")
+    close_ledger(state, iid, f"abandoned: {reason}")
+    state.instance = None
+    state_mod.save(state)
+    return VoltError(f"{reason}; {outcome}")
+
+
+def _wait_running(vast: Vast, state: State, timeout: float, interval: float, progress: Progress) -> dict:
+    assert state.instance is not None
+    iid, deadline, last = state.instance.id, time.monotonic() + timeout, "unknown"
+    while True:
+        row = vast.show(iid)
+        last = (row or {}).get("actual_status") or "created"
+        progress(f"instance {iid}: {last}")
+        if row is None:
+            raise _abandon(vast, state, f"instance {iid} vanished from the API while starting")
+        if last == "running" and row.get("ssh_port"):
+            return row
+        if last in DEAD_STATUSES:
+            msg = row.get("status_msg") or "no message"
+            raise _abandon(vast, state, f"instance {iid} went {last} while starting ({msg}): the host is unusable, provision again to rent another")
+        if time.monotonic() > deadline:
+            raise _abandon(
+                vast,
+                state,
+                f"instance {iid} did not reach running in {timeout:g} s (last status {last}): "
+                f"provision again, or raise volt_provision.running_timeout_s",
+            )
+        time.sleep(interval)
+
+
+def _wait_ssh(vast: Vast, state: State, host: str, port: int, timeout: float, interval: float, progress: Progress) -> None:
+    volt_dir, deadline = state_mod.volt_dir(), time.monotonic() + timeout
+    pinned = False
+    while time.monotonic() < deadline:
+        if not pinned and ssh.banner(host, port):
+            progress(f"sshd answers on {host}:{port}: pinning its host key")
+            ssh.pin_host_key(volt_dir, host, port)
+            pinned = True
+        if pinned and ssh.can_login(volt_dir, host, port):
+            return
+        progress(f"waiting for sshd on {host}:{port}")
+        time.sleep(min(interval, 1.0))
+    raise _abandon(
+        vast,
+        state,
+        f"sshd on {host}:{port} did not accept the campaign key within {timeout:g} s: provision again, or raise volt_provision.ssh_timeout_s",
+    )
+
+
+def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_id: int | None = None, progress: Progress = quiet) -> Instance:
+    """Rent the chosen offer as state.instance (recorded the moment it exists), wait for running + SSH."""
+    volt_dir = state_mod.volt_dir()
+    world, host_vars = None, {}
+    if backend == "local":
+        from volt_ansible.local import podman
+        from volt_ansible.local.world import World
+
+        podman.require()
+
+        progress("preparing the local world (fixture repo, toolchain archive)")
+        world = World(root, volt_dir / "local")
+        host_vars = world.host_vars()
+    with Vast(backend, volt_dir, world) as vast:
+        public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
+        chosen = choose(vast, spec, offer_id)
+        progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
+        iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
+        # Record before anything else can fail: an instance we do not know about bills forever.
+        state.campaign = spec.campaign
+        state.instance = Instance(
+            id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph, host_vars=host_vars
+        )
+        state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
+        state_mod.save(state)
+        try:
+            vast.attach_ssh(iid, public_key)
+        except VoltError as e:
+            raise _abandon(vast, state, str(e)) from None
+        p = spec.provision
+        row = _wait_running(vast, state, p.running_timeout_s, p.poll_interval_s, progress)
+        live = float(row.get("dph_total") or 0)
+        cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
+        if live > cap:
+            raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
+        state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
+        host, port = row["ssh_host"], int(row["ssh_port"])
+        record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
+        _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
+        return state.instance  # type: ignore[return-value]
