@@ -424,3 +424,94 @@ def watch(auto_recover: bool, auto_finish: bool, interval_min: float | None = No
         if r.done or once:
             return
         time.sleep(w.poll_s)
+
+
+@dataclass
+class UpPlan:
+    instance: Instance | None  # already rented: `up` continues on it
+    offer: dict | None
+    dph: float
+    data: object  # datasync.Report of the jobs to run
+    first_bytes: int  # what the first GPU job needs
+    estimate_s: float
+
+    def lines(self) -> list[str]:
+        from volt_ansible.datasync import human
+
+        if self.instance is not None:
+            head = f"continuing on instance {self.instance.id} ({self.instance.gpu_name}, ${self.instance.dph_total:.3f}/h): nothing new is rented"
+        else:
+            o = self.offer or {}
+            head = (f"rent offer {o.get('id')}: {o.get('num_gpus')}x {o.get('gpu_name')}, {o.get('cpu_cores')} cores, "
+                    f"${self.dph:.3f}/h = ${self.dph * 24:.2f}/day")
+        return [head, f"data: {human(self.data.total_bytes)} to check and send if missing ({human(self.first_bytes)} before the first GPU job)",
+                f"estimated time to GPU busy: ~{self.estimate_s / 60:.1f} min (the build and the first job's data in parallel)"]
+
+
+def _selected_jobs(stage: str, phase03: bool) -> tuple[list[str], str]:
+    """(job names `up` runs, the first curriculum job's name or "")."""
+    from volt_ansible import jobs
+
+    lay = jobs.layout(project_root())
+    stages = lay.stages if stage == "all" else ([] if stage == "none" else [lay.stages[int(stage) - 1]])
+    names = ([lay.jobs[0].name] if phase03 else []) + [j.name for j in stages]
+    return names, stages[0].name if stages else ""
+
+
+def up_plan(backend: Backend, stage: str, phase03: bool, progress: Progress = rent.quiet) -> UpPlan:
+    """Pre-flight the data (before renting anything) and say what `up` would rent, move and when the GPU is busy."""
+    from volt_ansible import datasync
+
+    stage = str(stage).lower()
+    spec, state = spec_mod.load(), state_mod.load()
+    lay_stages = spec_mod.read().get("volt_curriculum", {}).get("stages") or []
+    if stage not in ("all", "none", *map(str, range(1, len(lay_stages) + 1))):
+        raise VoltError(f"--stage {stage!r} is not a stage: use all, none or 1..{len(lay_stages)} (volt_curriculum.stages)")
+    if stage == "none" and not phase03:
+        raise VoltError("--stage none with --no-phase03 runs nothing: drop one of them")
+    if state.recovery is not None:
+        raise VoltError(f"a recovery is under way ({state.recovery.reason}): run `volt-ansible recover`, which continues it")
+    if state.stopped:
+        raise VoltError(f"this campaign was stopped ({state.stopped}): move {state_mod.path()} aside to start a new one")
+    names, first = _selected_jobs(stage, phase03)
+    local_root = None
+    if (state.instance.backend if state.instance else backend) == "local":
+        from volt_ansible.local.world import World
+
+        local_root = World(project_root(), state_mod.volt_dir() / "local").publish_data()
+    report = datasync.check(jobs=names, local_root=local_root,
+                            progress=lambda done, total: progress(f"hashing data: {done / 1e9:.2f} / {total / 1e9:.2f} GB"))
+    first_bytes = report.job_bytes().get(first or names[0], 0)
+    offer, dph = None, 0.0
+    if state.instance is None:
+        chosen = plan(backend)
+        offer, dph = chosen.offer, chosen.dph
+    mbps = float((offer or {}).get("inet_down") or 100.0)
+    build_s = spec.provision.build_estimate_min * 60
+    estimate = max(build_s, first_bytes * 8 / (mbps * 1e6)) + 60  # + renting, bootstrap, toolchain
+    return UpPlan(state.instance, offer, dph, report, first_bytes, estimate)
+
+
+def up(backend: Backend, stage: str, phase03: bool, progress: Progress = rent.quiet, on_task=None):
+    """Rent (unless this campaign already has an instance), then playbooks/up.yml: data, build and CUDA check
+    in parallel, each job started as soon as it can. Safe to interrupt and run again: it continues."""
+    state = state_mod.load()
+    if state.instance is None:
+        provision(backend, progress=progress)
+    elif not state.instance.ready:  # an earlier `up` was interrupted while renting
+        rent.resume(spec_mod.load(), state, progress)
+    return run_playbook("up", {"stage": str(stage).lower(), "phase03": phase03}, on_task=on_task)
+
+
+def data_track() -> str:
+    """The background transfer's progress for `up`'s display ("" before it started)."""
+    from volt_ansible import datasync
+
+    state = state_mod.load()
+    if state.instance is None:
+        return ""
+    path = state_mod.volt_dir() / "data-sync" / f"volt-{state.instance.id}.json"
+    if not path.exists():
+        return ""
+    st = datasync.status(path, None)
+    return f"{st['state']}: {st['summary']}" if st.get("summary") else st["state"]

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import typer
 import yaml
@@ -196,6 +196,77 @@ def watch(
             out.print(f"watch: {escape(r.done)}")
 
 
+class _Tracks:
+    """up's display: one line per track (rent, playbook task, data transfer), refreshed every second."""
+
+    def __init__(self) -> None:
+        import threading
+
+        from rich.live import Live
+
+        self.rows = {"rent": "", "play": "", "data": ""}
+        self.live = Live(self._render(), console=out, refresh_per_second=2, transient=True)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _render(self) -> Table:
+        t = Table.grid(padding=(0, 2))
+        for name, text in self.rows.items():
+            if text:
+                t.add_row(f"[bold]{name}[/]", escape(text))
+        return t
+
+    def _poll(self) -> None:
+        while not self.stop.wait(1.0):
+            with suppress(VoltError, OSError, ValueError):
+                self.rows["data"] = campaign.data_track()
+            self.live.update(self._render())
+
+    def rent(self, msg: str) -> None:
+        self.rows["rent"] = msg
+        self.live.update(self._render())
+
+    def task(self, task: str, n: int) -> None:
+        self.rows["play"] = f"[{n}] {task}"
+        self.live.update(self._render())
+
+    def __enter__(self) -> _Tracks:
+        self.live.__enter__()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.live.__exit__(*exc)
+
+
+@app.command()
+def up(
+    backend: str = BackendOpt,
+    stage: str = typer.Option("all", "--stage", "-s", help="all (1 -> 2 -> 3), 1, 2, 3 or none"),
+    phase03: bool = typer.Option(True, "--phase03/--no-phase03", help="run Phase 0.3 beside it on the CPU"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="rent without asking"),
+    then_watch: bool = typer.Option(False, "--watch", help="then watch: back up, recover, finish (volt_watch)"),
+) -> None:
+    """The whole campaign in one command: pre-flight, plan, rent, data + build + CUDA check in parallel, each job
+    as soon as it can start. Interrupt it at any point and run it again: it continues (no second instance)."""
+    backend = _backend(backend)
+    with _spinner("pre-flight") as progress:
+        p = campaign.up_plan(backend, stage, phase03, progress)
+    for line in p.lines():
+        out.print(escape(line), soft_wrap=True, highlight=False)
+    if p.instance is None and not yes and not typer.confirm("Rent it and start?"):
+        raise typer.Exit(1)
+    with _Tracks() as tracks:
+        result = campaign.up(backend, stage, phase03, progress=tracks.rent, on_task=tracks.task)
+    _run_result("up", result)
+    for line in campaign.job_lines():
+        out.print(escape(line), soft_wrap=True, highlight=False)
+    if then_watch:
+        watch(interval=None, auto_recover=None, auto_finish=None, once=False)
+
+
 def _extravars(pairs: list[str]) -> dict:
     extra: dict = {}
     for pair in pairs:
@@ -209,6 +280,9 @@ def _extravars(pairs: list[str]) -> dict:
 def _run_result(name: str, result) -> None:
     for f in result.failures:
         err.print(f"[red]FAILED[/] task '{escape(f.task)}' on {f.host}: {escape(f.msg)}", soft_wrap=True)
+    if result.status == "canceled":
+        err.print(f"interrupted: {name} stopped; the instance and the state are consistent: run the same command again to continue")
+        raise typer.Exit(130)
     if result.rc != 0:
         if not result.failures:
             err.print(f"[red]ansible-playbook exited {result.rc}[/] ({result.status}); log: {result.log}")

@@ -543,12 +543,13 @@ def preflight(volt_data: object, volt_dir: Path, jobs: list[str] | None = None, 
 
 
 def check(spec_file: str | os.PathLike = "group_vars/all.yml", volt_dir: str | os.PathLike | None = None,
-          jobs: list[str] | None = None, progress=None) -> Report:
+          jobs: list[str] | None = None, progress=None, local_root: str | os.PathLike | None = None) -> Report:
     """`volt-ansible check`: the pre-flight of the data in `spec_file`'s volt_data, before renting.
 
     volt_dir: where data-manifest.json (the digest cache) lives; default $VOLT_DIR, else ./.volt.
     jobs: check only what these jobs need (default: every enabled item).
     progress: optional callable(done_bytes, total_bytes) while files are hashed.
+    local_root: instead of volt_data.local_root (the local backend's world keeps its own data).
     Returns a Report (`.lines()` to print, `.items`, `.total_bytes`); raises VoltError with one line.
     """
     from volt_ansible.spec import read
@@ -558,7 +559,10 @@ def check(spec_file: str | os.PathLike = "group_vars/all.yml", volt_dir: str | o
     if "volt_data" not in data:
         raise VoltError(f"{path} has no volt_data section: add it (see the volt_data block of the project's group_vars/all.yml)")
     vdir = Path(volt_dir) if volt_dir is not None else Path(os.environ.get("VOLT_DIR", ".volt"))
-    return preflight(data["volt_data"], vdir.absolute(), jobs, progress)
+    volt_data = data["volt_data"]
+    if local_root is not None and isinstance(volt_data, dict):
+        volt_data = {**volt_data, "local_root": str(local_root)}
+    return preflight(volt_data, vdir.absolute(), jobs, progress)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@ A failure after the create destroys what was made (nothing is on it yet, and it 
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +119,53 @@ def _wait_ssh(vast: Vast, state: State, host: str, port: int, timeout: float, in
     )
 
 
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Ctrl-C waits until the block is done: between "create" and "recorded" an interrupt would leave an
+    instance that bills and that nothing knows about."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _bring_up(vast: Vast, spec: spec_mod.Spec, state: State, public_key: str, progress: Progress) -> Instance:
+    """A recorded instance -> running, price re-checked, SSH with the campaign key; marked ready."""
+    assert state.instance is not None
+    iid = state.instance.id
+    try:
+        vast.attach_ssh(iid, public_key)
+    except VoltError as e:
+        raise _abandon(vast, state, str(e)) from None
+    p = spec.provision
+    row = _wait_running(vast, state, p.running_timeout_s, p.poll_interval_s, progress)
+    live = float(row.get("dph_total") or 0)
+    cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
+    if live > cap:
+        raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
+    state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
+    host, port = row["ssh_host"], int(row["ssh_port"])
+    record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
+    _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
+    record(state, ready=True)
+    return state.instance
+
+
+def resume(spec: spec_mod.Spec, state: State, progress: Progress = quiet) -> Instance:
+    """Finish bringing up an instance whose rent was interrupted (recorded, not yet ready)."""
+    assert state.instance is not None
+    volt_dir = state_mod.volt_dir()
+    with Vast(state.instance.backend, volt_dir) as vast:
+        return _bring_up(vast, spec, state, ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}"), progress)
+
+
 def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_id: int | None = None, progress: Progress = quiet) -> Instance:
     """Rent the chosen offer as state.instance (recorded the moment it exists), wait for running + SSH."""
     volt_dir = state_mod.volt_dir()
@@ -133,26 +183,13 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
         chosen = choose(vast, spec, offer_id)
         progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
-        iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
-        # Record before anything else can fail: an instance we do not know about bills forever.
-        state.campaign = spec.campaign
-        state.instance = Instance(
-            id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph, host_vars=host_vars
-        )
-        state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
-        state_mod.save(state)
-        try:
-            vast.attach_ssh(iid, public_key)
-        except VoltError as e:
-            raise _abandon(vast, state, str(e)) from None
-        p = spec.provision
-        row = _wait_running(vast, state, p.running_timeout_s, p.poll_interval_s, progress)
-        live = float(row.get("dph_total") or 0)
-        cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
-        if live > cap:
-            raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
-        state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
-        host, port = row["ssh_host"], int(row["ssh_port"])
-        record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
-        _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
-        return state.instance  # type: ignore[return-value]
+        with _uninterrupted():
+            iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
+            # Record before anything else can fail: an instance we do not know about bills forever.
+            state.campaign = spec.campaign
+            state.instance = Instance(
+                id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph, host_vars=host_vars
+            )
+            state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
+            state_mod.save(state)
+        return _bring_up(vast, spec, state, public_key, progress)

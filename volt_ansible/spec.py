@@ -47,6 +47,7 @@ class ProvisionSpec(_Strict):
     running_timeout_s: float = Field(default=900, gt=0)
     ssh_timeout_s: float = Field(default=300, gt=0)
     poll_interval_s: float = Field(default=5, gt=0)
+    build_estimate_min: float = Field(default=10, ge=0)
 
 
 class WatchSpec(_Strict):

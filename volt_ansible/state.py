@@ -31,6 +31,7 @@ class Instance(BaseModel):
     dph_total: float = 0.0
     status: str = "created"
     created_at: float = Field(default_factory=time.time)
+    ready: bool = False  # running, price checked, SSH works with the campaign key
     unreachable_since: float | None = None  # first failed SSH check since the last good one
     # Ansible variables this instance needs beyond group_vars (the local world sets its own repo/toolchain).
     host_vars: dict[str, Any] = {}

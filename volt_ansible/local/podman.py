@@ -30,7 +30,8 @@ def require() -> str:
 
 def run(*args: str, check: bool = True, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     cmd = [require(), *args]
-    proc = subprocess.run(cmd, env=env(), capture_output=True, input=input, timeout=timeout)
+    # own session: the double stands for a remote service, which a Ctrl-C of the controller never reaches
+    proc = subprocess.run(cmd, env=env(), capture_output=True, input=input, timeout=timeout, start_new_session=True)
     if check and proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise VoltError(f"podman {args[0]} failed: {err[-1] if err else proc.returncode}")
