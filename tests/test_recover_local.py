@@ -146,6 +146,7 @@ def test_budget_crossed_backs_up_then_destroys_with_the_reason(project):
     iid = project.state()["instance"]["id"]
     out = project.cli("watch", "--once").stdout
     assert "budget: spent $" in out and f"instance(s) {iid} destroyed" in out, out
+    assert "cost so far $" in out  # the ledger line of every round
     state = project.state()
     assert state["stopped"].startswith("budget: spent $") and state["instance"] is None
     assert state["ledger"][0]["end_reason"].startswith("budget: spent $")

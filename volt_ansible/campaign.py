@@ -393,7 +393,7 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     home_at = state.home.at if state.home else 0.0
     if all_done or time.time() - home_at >= interval_min * 60:
         try:
-            s = _backup_now(progress)
+            s = _backup_now(progress, stable_s=0 if all_done else None)  # all done: nothing is being written
             out.append(f"backup: {s['files']} file(s) home, {s['bytes'] / 1e6:.1f} MB; missing: {', '.join(s['missing']) or 'nothing'}")
         except VoltError as e:
             out.append(f"warning: {e}")

@@ -188,12 +188,13 @@ def watch(
     w = spec_mod.load().watch
     rec = w.auto_recover if auto_recover is None else auto_recover
     fin = w.auto_finish if auto_finish is None else auto_finish
-    for r in campaign.watch(rec, fin, interval, once, progress=lambda msg: err.print(escape(msg), highlight=False)):
-        out.rule(time.strftime("%H:%M:%S"))
-        for line in r.lines:
-            out.print(escape(line), soft_wrap=True, highlight=False)
-        if r.done:
-            out.print(f"watch: {escape(r.done)}")
+    with _spinner("watch") as progress:
+        for r in campaign.watch(rec, fin, interval, once, progress=progress):
+            out.rule(time.strftime("%H:%M:%S"))
+            for line in r.lines:
+                out.print(escape(line), soft_wrap=True, highlight=False)
+            if r.done:
+                out.print(f"watch: {escape(r.done)}")
 
 
 class _Tracks:
