@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -153,3 +157,32 @@ def test_budget_crossed_backs_up_then_destroys_with_the_reason(project):
     assert state["home"] is not None  # the backup ran before the destroy
     assert project.double().containers() == []
     assert "the campaign was stopped: budget" in project.cli("watch").stdout
+
+
+def test_watch_killed_mid_download_restarts_and_finishes_the_backup(project):
+    big = 30 * 1024 * 1024
+    project.spec(backup_bwlimit_kbps=2500, backup_stable_s=1)
+    project.cli("provision")
+    on_instance(project, f"mkdir -p {DEST}/checkpoints && cd {DEST}/checkpoints && head -c {big} /dev/urandom > scaled_vfn_epoch_1.safetensors "
+                         "&& echo stage1 > .volt-epochs && touch -d '-1 min' scaled_vfn_epoch_1.safetensors")
+    incoming = project.root / "runs" / "volt-x-phase21" / ".incoming"
+    watch = subprocess.Popen([sys.executable, "-m", "volt_ansible", "watch", "--once", "--interval", "0.01"], cwd=project.root,
+                             env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum(f.stat().st_size for f in incoming.rglob("*") if f.is_file()) < big * 0.3 if incoming.exists() else True:
+            assert time.monotonic() < deadline and watch.poll() is None, "the download never got going"
+            time.sleep(0.2)
+    finally:
+        os.killpg(watch.pid, signal.SIGKILL)  # the hardest stop: no handler runs
+        watch.wait(30)
+    state = project.state()  # parses: the state file is never half-written
+    assert state["instance"] is not None and state["home"] is None
+    assert "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors" not in home(project)
+
+    out = project.cli("watch", "--once", "--interval", "0.01", timeout=300).stdout
+    entry = home(project)["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
+    remote = on_instance(project, f"sha256sum {DEST}/checkpoints/scaled_vfn_epoch_1.safetensors").split()[0]
+    assert entry["digest"] == f"sha256:{remote}" and entry["size"] == big
+    assert project.state()["home"]["newest_epoch"]["epoch"] == 1, out
+    project.cli("destroy", "--yes", "--force")
