@@ -199,12 +199,18 @@ def _run_ok(name: str, extravars: dict, progress: Progress, then: str) -> None:
         raise VoltError(f"{name} failed ({why}; log {result.log}); {then}")
 
 
+class _NoRetry(VoltError):
+    """A failure that trying again would make worse."""
+
+
 def _retrying(what: str, fn, progress: Progress):
     """Vast API calls of a recovery: a few tries with a pause, then one clear error."""
     w = spec_mod.load().watch
     for attempt in range(1, w.api_retries + 1):
         try:
             return fn()
+        except _NoRetry:
+            raise
         except VoltError as e:
             if attempt == w.api_retries:
                 raise VoltError(f"{what} failed {attempt} times (last: {e})") from None
@@ -270,13 +276,22 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
         state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id)
         state_mod.save(state)
     rec = state.recovery
+
+    def replace() -> Instance:
+        if state.instance is not None:  # a half-made replacement that could not be destroyed: never rent over it
+            raise _NoRetry(f"instance {state.instance.id} was created but could not be brought up nor destroyed: "
+                           "`volt-ansible destroy --force` it, then recover again")
+        return rent.rent(rec.backend, spec, state, root, progress=progress)
+
     if state.instance is None:
         progress(f"renting a replacement for instance {rec.lost_id}")
         try:
-            _retrying("renting a replacement", lambda: rent.rent(rec.backend, spec, state, root, progress=progress), progress)
+            _retrying("renting a replacement", replace, progress)
         except VoltError as e:
             kept = f"; instance {rec.lost_id} is kept (not destroyed)" if any(r.id == rec.lost_id for r in state.retired) else ""
             raise VoltError(f"{e}{kept}; {again}") from None
+    elif not state.instance.ready:  # an earlier recover was interrupted while renting
+        rent.resume(spec, state, progress)
     plan = recovery.plan(lay, local)
     progress(plan.describe())
     _run_ok("prepare", {}, progress, again)
@@ -329,7 +344,11 @@ def finish(progress: Progress = rent.quiet) -> Finished:
     state = state_mod.load()
     if state.instance is None and not state.retired:
         raise VoltError("no instance to finish: nothing is rented (`volt-ansible status`)")
+    live = None
     if state.instance is not None:
+        with Vast(state.instance.backend, state_mod.volt_dir()) as vast:
+            live = vast.show(state.instance.id)
+    if live is not None and live.get("actual_status") == "running":
         running = [j.name for j in job_snapshot().jobs if j.state in ("running", "waiting", "queued")]
         if running:
             raise VoltError(f"still running: {', '.join(running)}; finish once they are done (`volt-ansible watch` does it automatically)")
@@ -401,7 +420,7 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     out.append(proj.line())
     over = ledger.over_budget(proj, spec.watch.budget_usd)
     if over:
-        _backup_now(progress, stable_s=0)
+        _backup_now(progress)  # files still being written stay out: a torn checkpoint must never count as home
         gone = destroy(force=True, reason=f"budget: {over}")
         state = state_mod.load()
         state.stopped = f"budget: {over}"
