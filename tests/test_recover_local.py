@@ -141,7 +141,7 @@ def test_recover_refuses_without_backup_and_keeps_the_lost_instance_when_the_api
     assert f"not destroying instance {old_id}" in refused
     forced = project.cli("destroy", "--yes", "--force").stdout
     assert f"instance(s) {old_id} destroyed" in forced and "lost (not home)" in forced
-    assert project.state()["retired"] == []
+    assert project.state()["retired"] == [] and project.state()["recovery"] is None
 
 
 def test_budget_crossed_backs_up_then_destroys_with_the_reason(project):

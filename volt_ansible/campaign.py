@@ -102,6 +102,8 @@ def destroy(force: bool = False, reason: str = "destroyed") -> Destroyed:
         if state.instance is not None and state.instance.id == inst.id:
             state.instance = None
         state.retired = [r for r in state.retired if r.id != inst.id]
+        if state.instance is None and not state.retired:
+            state.recovery = None  # nothing left to recover onto or from
         state_mod.save(state)
         done.append(inst.id)
     return Destroyed(done, missing, newest)
@@ -386,8 +388,7 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
             return Round([], done="no instance is rented: nothing to watch")
         if not auto_recover:
             return Round([f"a recovery is under way ({state.recovery.reason}): run `volt-ansible recover`"], done="auto recovery is off")
-        r = recover(progress=progress)
-        return Round([f"recovered: instance {r.new.id} replaces {r.lost_id} ({r.reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
+        return _recover_round(progress)
     inst = state.instance
     with Vast(inst.backend, state_mod.volt_dir()) as vast:
         try:
@@ -397,8 +398,7 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     if reason:
         if not auto_recover:
             return Round([f"instance {inst.id} is lost ({reason}): run `volt-ansible recover`"], done="auto recovery is off")
-        r = recover(progress=progress)
-        return Round([f"recovered: instance {r.new.id} replaces {r.lost_id} ({reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
+        return _recover_round(progress)
     if state_mod.load().instance.unreachable_since is not None:
         return Round([f"warning: instance {inst.id} is running but SSH fails (lost after volt_watch.ssh_dead_s = {spec.watch.ssh_dead_s:g} s)"])
     try:
@@ -428,9 +428,21 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
         lost = f"; not home: {', '.join(gone.lost)}" if gone.lost else ""
         return Round(out + [f"budget: {over}: backed up, instance(s) {', '.join(map(str, gone.ids))} destroyed{lost}"], done=state.stopped)
     if all_done and auto_finish:
-        f = finish(progress)
+        try:
+            f = finish(progress)
+        except VoltError as e:
+            return Round(out + [f"warning: finishing failed: {e} (tried again next round)"])
         return Round(out + f.lines, done="finished")
     return Round(out)
+
+
+def _recover_round(progress: Progress) -> Round:
+    """A recovery inside watch: a failure is reported and tried again next round, never the end of watch."""
+    try:
+        r = recover(progress=progress)
+    except VoltError as e:
+        return Round([f"warning: recovery failed: {e}"])
+    return Round([f"recovered: instance {r.new.id} replaces {r.lost_id} ({r.reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
 
 
 def watch(auto_recover: bool, auto_finish: bool, interval_min: float | None = None, once: bool = False, progress: Progress = rent.quiet):
