@@ -29,7 +29,6 @@ resume_extra_bytes_pct and stage1_verified_speedup (plus the raw figures).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -49,6 +48,7 @@ sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("CONTAINERS_CONF", str(REPO / "volt_ansible/local/containers.conf"))
 
 import yaml  # noqa: E402
+from procs import children, comm  # noqa: E402
 from testhost import TestHost, start, stop  # noqa: E402
 
 from volt_ansible import datasync  # noqa: E402
@@ -272,10 +272,10 @@ def data_sync_one(host: TestHost, volt_dir: Path, src: Path, root_remote: str, l
             while link.tx_bytes() - b0 < kill_at:
                 time.sleep(0.01)
             st = json.loads(status_file(volt_dir, host).read_text())
-            for r in _children(st["pid"]):
-                if _comm(r) == "rsync":
-                    for c in _children(r):
-                        if _comm(c) == "ssh":
+            for r in children(st["pid"]):
+                if comm(r) == "rsync":
+                    for c in children(r):
+                        if comm(c) == "ssh":
                             os.kill(c, signal.SIGKILL)
                             killed["at"] = link.tx_bytes() - b0
                             return
@@ -289,19 +289,8 @@ def data_sync_one(host: TestHost, volt_dir: Path, src: Path, root_remote: str, l
             "transfer_s": sum(a["seconds"] for a in item["attempts"])}
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def _load(name: str, path: Path):
 sync = _load("bench_sync", REPO / "bench" / "sync.py")
 
 import yaml  # noqa: E402
-from conftest import PROJECT_FILES, Project  # noqa: E402  (tests/conftest.py: the throwaway project the tests use)
+from conftest import Project, make_project  # noqa: E402  (tests/conftest.py: the throwaway project the tests use)
 
 from volt_ansible import datasync  # noqa: E402
 from volt_ansible import ssh as ssh_mod  # noqa: E402
@@ -82,19 +82,10 @@ STACK_FULL_FILES = 4
 
 
 def new_project(root: Path) -> Project:
-    """What tests/conftest.py's `project` fixture makes: copies of the project files, symlinks to the code."""
-    root.mkdir(parents=True)
-    home = Path(tempfile.mkdtemp(prefix="vh-", dir="/tmp"))  # short: ssh ControlPath sockets live under it
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, symlinks=True)
-        elif src.exists():
-            shutil.copy2(src, root / name)
-    for shared in ("volt_ansible", "tests", "molecule"):
-        (root / shared).symlink_to(REPO / shared)
+    """What tests/conftest.py's `project` fixture makes, with its .volt/ already there."""
+    p = make_project(root)
     (root / ".volt").mkdir(mode=0o700)
-    return Project(root, home)
+    return p
 
 
 def publish(p: Project, python_sample: Path) -> Path:

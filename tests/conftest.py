@@ -69,10 +69,9 @@ class Project:
         return json.loads((self.volt_dir / "state.json").read_text())
 
 
-@pytest.fixture
-def project(tmp_path: Path):
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path) -> Project:
+    """A throwaway project at root (created): the project files copied, the code and the doubles linked, a short HOME."""
+    root.mkdir(parents=True)
     home = Path(tempfile.mkdtemp(prefix="vh-", dir="/tmp"))
     for name in PROJECT_FILES:
         src = REPO / name
@@ -82,11 +81,16 @@ def project(tmp_path: Path):
             shutil.copy2(src, root / name)
     for shared in ("volt_ansible", "tests", "molecule"):  # code, the Volt-X fixture, the nvidia-smi double
         (root / shared).symlink_to(REPO / shared)
-    p = Project(root, home)
+    return Project(root, home)
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    p = make_project(tmp_path / "project")
     yield p
     if (p.volt_dir / "local").exists():
         p.double().clean()
-    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(p.home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from procs import comm, descendants
 
 from volt_ansible import home
 from volt_ansible.errors import VoltError
@@ -462,23 +463,8 @@ def test_a_download_that_stays_corrupted_fails_loudly_and_is_never_home(make_hos
     assert not (local / home.STAGING / "checkpoints/scaled_vfn_epoch_1.safetensors").exists()
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                kids = [int(c) for c in (task / "children").read_text().split()]
-                out += kids
-                todo += kids
-    return out
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _wait_for_landing(local: Path, name: str, size: int, fraction: float, timeout: float = 60) -> int:
@@ -506,8 +492,8 @@ def test_a_killed_download_resumes_from_the_partial_file(make_host, tmp_path: Pa
     t = threading.Thread(target=lambda: result.update(proc=backup(host, local, backup_bwlimit_kbps=2500, backup_rsync_retries=0)))
     t.start()
     _wait_for_landing(local, "scaled_vfn_epoch_3.safetensors", BIG, 0.4)
-    mine = _descendants(os.getpid())
-    rsyncs = [p for p in mine if _comm(p) == "rsync" and not any(p in _descendants(q) for q in mine if _comm(q) == "rsync")]
+    mine = descendants(os.getpid())
+    rsyncs = [p for p in mine if comm(p) == "rsync" and not any(p in descendants(q) for q in mine if comm(q) == "rsync")]
     assert len(rsyncs) == 1, f"not one rsync client running: {rsyncs}"
     os.kill(rsyncs[0], signal.SIGTERM)  # the client rsync (it stops its receiver, which keeps the partial file)
     t.join(120)

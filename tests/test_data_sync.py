@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from procs import children, comm
 
 from volt_ansible import datasync
 from volt_ansible.errors import VoltError
@@ -300,19 +300,8 @@ def test_missing_source_stops_the_role_before_the_instance(synced_host):
     assert host.exec("test -e /root/volt-x", check=False).returncode != 0
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            out += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
 
 
 @pytest.mark.podman
@@ -335,8 +324,8 @@ def test_dropped_connection_resumes_from_the_partial_file(synced_host, tmp_path:
         time.sleep(0.1)
     assert landed >= size * 0.45, "the transfer never got half way"
     driver = status_of(volt_dir, host)["pid"]
-    rsyncs = [p for p in _children(driver) if _comm(p) == "rsync"]
-    sshs = [c for r in rsyncs for c in _children(r) if _comm(c) == "ssh"]
+    rsyncs = [p for p in children(driver) if comm(p) == "rsync"]
+    sshs = [c for r in rsyncs for c in children(r) if comm(c) == "ssh"]
     assert sshs, f"no ssh under the driver's rsync ({rsyncs})"
     os.kill(sshs[0], signal.SIGKILL)  # the connection drops mid-file
     t.join(120)
