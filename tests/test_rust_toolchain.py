@@ -9,6 +9,7 @@ rustup download.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import socket
 import subprocess
@@ -463,3 +464,40 @@ def test_rustup_install_and_update_through_a_mirror(ssh_host):
     assert bad.returncode != 0
     assert "checksum" in bad.stdout.lower() and "Download rustup-init" in bad.stdout
     assert len(log()) == 3  # rustup-init did not run
+
+
+def test_a_url_archive_needs_its_sha256_before_any_remote_task(nowhere):
+    proc = nowhere.playbook(play(rust_toolchain_method="archive", rust_toolchain_archive="https://example.invalid/rust.tar.zst"))
+    assert proc.returncode != 0
+    assert ("rust_toolchain: rust_toolchain_archive https://example.invalid/rust.tar.zst is a URL: it must end in .tar.zst, .tar.gz "
+            'or .tgz and rust_toolchain_archive_sha256 must be its sha256, 64 hex digits (got "")') in " ".join(proc.stdout.split())
+    assert "UNREACHABLE" not in proc.stdout
+
+
+@pytest.mark.podman
+def test_a_url_archive_is_downloaded_by_the_host_and_checked(make_host, archive):
+    """file:// on a read-only mount stands in for a download server: the archive never crosses the controller's link."""
+    from volt_ansible.local.toolchain import archive_sha256
+
+    host = make_host(volumes=[f"{archive}:/srv/dist/{archive.name}:ro"])
+    url = f"file:///srv/dist/{archive.name}"
+    wrong = host.playbook(play(rust_toolchain_method="archive", rust_toolchain_archive=url, rust_toolchain_archive_sha256="0" * 64,
+                               rust_toolchain_apt_packages=[]))
+    assert wrong.returncode != 0 and "checksum" in wrong.stdout.lower(), wrong.stdout[-2000:]
+    assert not host.exec("ls -d /opt/rust /opt/rust.staging /opt/rust.download", check=False).stdout  # nothing half-made is left
+
+    sha = archive_sha256(archive)
+    pb = play(rust_toolchain_method="archive", rust_toolchain_archive=url, rust_toolchain_archive_sha256=sha, rust_toolchain_apt_packages=[])
+    first = host.playbook(pb, check=True)
+    assert task_result(first.stdout, "Download the archive on the host (checksum checked)") == "changed"
+    assert task_result(first.stdout, "Copy the archive to the host and unpack it") == "skipping"  # nothing pushed
+    assert rt.rust_toolchain_version_ok(ssh(host, "rustc --version").stdout, "1.85")
+    marker = json.loads(host.exec("cat /opt/rust/.rust_toolchain.json").stdout)
+    assert marker["sha256"] == sha and marker["archive"] == archive.name
+    assert recap(host.playbook(pb, check=True))["changed"] == 0
+
+
+def task_result(stdout: str, task: str) -> str:
+    """ok / changed / skipping / failed: the first result line under the task's header."""
+    block = stdout.split(f"TASK [rust_toolchain : {task}]", 1)[1]
+    return re.search(r"^(ok|changed|skipping|failed|fatal)\b", block, re.M).group(1)

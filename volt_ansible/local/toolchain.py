@@ -11,6 +11,7 @@ Docs, clippy, rustfmt, gdb scripts and rustup's manifests are left out.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import pwd
@@ -98,6 +99,25 @@ def ensure_archive(toolchain: Path | None = None, cache_dir: Path | None = None,
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def archive_sha256(archive: Path) -> str:
+    """The archive's sha256, kept beside it (<archive>.sha256) so it is hashed once, not per instance."""
+    side = archive.with_name(archive.name + ".sha256")
+    st = archive.stat()
+    stamp = f"{st.st_size} {st.st_mtime_ns}"
+    if side.is_file():
+        digest, _, seen = side.read_text().partition(" ")
+        if seen.strip() == stamp:
+            return digest
+    h = hashlib.sha256()
+    with archive.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{h.hexdigest()} {stamp}\n")
+    os.replace(tmp, side)
+    return h.hexdigest()
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """What a local instance gets instead of the internet: the Volt-X fixture as a git repo, this
-machine's Rust toolchain as an archive, its real nvcc, and an nvidia-smi double for the rented GPU."""
+machine's Rust toolchain as an archive on a download server, its real nvcc, and an nvidia-smi double
+for the rented GPU. The repo and the toolchain are read-only mounts: like GitHub and
+static.rust-lang.org for a real instance, they reach it over its own network, not the operator's uplink."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from volt_ansible.errors import VoltError
 
 GIT_MOUNT = "/srv/git"
+RUST_MOUNT = "/srv/rust-dist"
 FIXTURE = Path("tests/fixtures/volt-x")
 NVIDIA_SMI = Path("molecule/resources/nvidia-smi")
 CUDA = Path("/usr/local/cuda")
@@ -52,7 +55,11 @@ class World:
         return conf
 
     def volumes(self, instance_id: int, offer: dict) -> list[str]:
-        vols = [f"{self.git_dir}:{GIT_MOUNT}:ro", f"{self.root / NVIDIA_SMI}:/usr/bin/nvidia-smi:ro",
+        from volt_ansible.local import toolchain
+
+        archive = toolchain.ensure_archive()
+        vols = [f"{self.git_dir}:{GIT_MOUNT}:ro", f"{archive}:{RUST_MOUNT}/{archive.name}:ro",
+                f"{self.root / NVIDIA_SMI}:/usr/bin/nvidia-smi:ro",
                 f"{self.gpu_conf(instance_id, offer)}:/etc/nvidia-smi-double.conf:ro"]
         if CUDA.exists():
             real = CUDA.resolve()  # like a Vast SSH session: nvcc present under /usr/local/cuda-*, not on PATH
@@ -82,9 +89,11 @@ class World:
     def host_vars(self) -> dict:
         from volt_ansible.local import toolchain
 
+        archive = toolchain.ensure_archive()
         return {
             "repo_build_repo": self.publish_fixture(),
             "rust_toolchain_method": "archive",
-            "rust_toolchain_archive": str(toolchain.ensure_archive()),
+            "rust_toolchain_archive": f"file://{RUST_MOUNT}/{archive.name}",
+            "rust_toolchain_archive_sha256": toolchain.archive_sha256(archive),
             "data_sync_local_root": str(self.publish_data()),
         }
