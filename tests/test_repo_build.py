@@ -100,3 +100,23 @@ def test_build_cache_skips_compiling_on_a_new_instance(make_host, tmp_path):
     assert second.exec("test -x /root/volt-x/target/release/codebook-init && test -x /root/volt-x/target/release/train-vfn").returncode == 0
     rerun = second.playbook(play(vars_), check=True)
     assert "changed=0" in recap(rerun)
+
+
+def test_a_toolchain_id_lets_a_cache_hit_skip_rust(make_host, tmp_path):
+    """With repo_build_toolchain_id the key needs no cargo: a host without Rust gets the cached binaries."""
+    cache = tmp_path / "cache"
+    vars_ = f"        repo_build_cache: true\n        repo_build_cache_dir: {cache}\n        repo_build_toolchain_id: archive:test|image"
+    built = make_host("dev")
+    built.playbook(play(vars_), check=True)
+    assert len(list(cache.glob("*.tar.gz"))) == 1 and not list(cache.glob("*.part"))
+
+    bare = make_host("dev")
+    assert bare.exec("command -v cargo", check=False).returncode != 0
+    out = bare.playbook(play(vars_, toolchain=False), check=True)
+    assert "Restore the cached binaries" in out.stdout and "repo_build : Find cargo" not in out.stdout
+    assert bare.exec("/root/volt-x/target/release/train-vfn --help 2>&1 || true").stdout  # it runs
+    assert "changed=0" in recap(bare.playbook(play(vars_, toolchain=False), check=True))
+
+    other = vars_.replace("archive:test|image", "archive:other|image")  # another toolchain: a miss, and cargo is needed
+    proc = bare.playbook(play(other, toolchain=False))
+    assert proc.returncode != 0 and "repo_build: 'cargo' is not runnable" in proc.stdout
