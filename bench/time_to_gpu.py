@@ -3,15 +3,16 @@
 
 Run by hand from the project root, as root, with .venv active (see bench/README.md):
 
-    python bench/time_to_gpu.py [--rate-mbit 200] [--build-delay-ms 3000] [--stack-python-mb 670] [--stack-full-mb 1600] [--keep]
+    python bench/time_to_gpu.py [--rate-mbit 50] [--build-delay-ms 100000] [--stack-python-mb 480] [--stack-full-mb 1150] [--keep]
 
 On the embedded local backend (Vast API double + podman container as the instance), in one run and under the
 same link shaping (a tbf on the instance container's host-side veth, egress = traffic to the instance), each
 method on its own fresh instance:
 
 1. guide: the operator guide's Step 2 replayed as scripted shell over SSH: Terminal 1 scp's the setup script
-   and the Rust toolchain (the local world's archive, standing in for the guide's rustup download) and runs the
-   setup (unpack the toolchain, git clone --depth 1, cargo build of codebook-init + train-vfn), while Terminal 2
+   and runs it (Rust from the local world's download server, as the guide's rustup download comes from
+   static.rust-lang.org over the instance's own network; apt; git clone --depth 1; cargo build of codebook-init +
+   train-vfn), while Terminal 2
    scp's the staging tar.gz, Stack Python and Stack Full (scp -r), one after another; after all uploads AND the
    build: extract, move into place, the Step 3 checks, and Step 4's tmux with Phase 0.3 and stage 1 (the exact
    command lines of group_vars, as target/release binaries, logs/phase03.log and logs/phase21_stage1.log);
@@ -68,6 +69,7 @@ from volt_ansible import datasync  # noqa: E402
 from volt_ansible import ssh as ssh_mod  # noqa: E402
 from volt_ansible.local import podman  # noqa: E402
 from volt_ansible.local.double import LocalVast  # noqa: E402
+from volt_ansible.local.toolchain import ensure_archive as toolchain_archive  # noqa: E402
 from volt_ansible.local.world import World  # noqa: E402
 
 argv_of = _load("training_tmux_filters", REPO / "roles/training_tmux/filter_plugins/training_tmux.py").training_tmux_argv
@@ -169,16 +171,15 @@ def destroy(p: Project, inst: Instance | None) -> None:
 
 
 SETUP = """#!/usr/bin/env bash
-# The guide's cloud_setup.sh (Pre-Flight step 4), on the local world: Rust comes from the archive Terminal 1 just
-# pushed (the guide downloads rustup instead), the repository is the local world's. Marks (epoch seconds) time
-# each step.
+# The guide's cloud_setup.sh (Pre-Flight step 4), on the local world: Rust is downloaded and unpacked from the
+# world's download server (the guide's curl | sh rustup: the instance's own network, not the operator's uplink),
+# the repository is the world's. Marks (epoch seconds) time each step.
 set -euo pipefail
 mark() {{ echo "guide-mark $1 $(date +%s.%N)"; }}
 mark start
 echo "=== [1/5] Installing Rust toolchain ==="
 mkdir -p {prefix}
-zstd -dcq /root/{archive} | tar -xf - -C {prefix}
-rm -f /root/{archive}
+zstd -dcq {archive} | tar -xf - -C {prefix}
 export PATH={prefix}/bin:$PATH
 echo "Rust version: $(rustc --version)"
 mark rust
@@ -268,19 +269,18 @@ def run_guide(p: Project, a, work: Path, staging_tgz: Path, staging: list[str], 
     res: dict = {}
     watches: list[Watch] = []
     try:
-        archive = Path(inst.host_vars["rust_toolchain_archive"])  # the same archive `up` pushes
+        archive = inst.host_vars["rust_toolchain_archive"].removeprefix("file://")  # what `up` downloads, on the instance
         setup = work / "cloud_setup.sh"
-        setup.write_text(SETUP.format(prefix="/opt/rust", archive="rust-toolchain.tar.zst", repo=inst.host_vars["repo_build_repo"],
+        setup.write_text(SETUP.format(prefix="/opt/rust", archive=shlex.quote(archive), repo=inst.host_vars["repo_build_repo"],
                                       delay_ms=a.build_delay_ms))
         w_s1, w_p3 = Watch(inst, f"{DEST}/{jobs['stage1']['log']}"), Watch(inst, f"{DEST}/{jobs['phase03']['log']}")
         watches += [w_s1, w_p3]
         start = time.time()
         out: dict = {}
 
-        def terminal1() -> None:  # scp the setup script, the "download" of Rust, then run the setup
+        def terminal1() -> None:  # scp the setup script, then run it
             try:
                 out["t1_scp_script_s"], _ = timed([*inst.scp, str(setup), inst.dst("/root/")], "scp cloud_setup.sh")
-                out["t1_scp_toolchain_s"], _ = timed([*inst.scp, str(archive), inst.dst("/root/rust-toolchain.tar.zst")], "scp toolchain")
                 _, text = timed([*inst.ssh, "chmod +x /root/cloud_setup.sh && /root/cloud_setup.sh"], "cloud_setup.sh")
                 out["marks"] = {m.group(1): float(m.group(2)) for m in re.finditer(r"^guide-mark (\S+) (\S+)$", text, re.M)}
                 out["build_end"] = time.time()
@@ -315,7 +315,7 @@ def run_guide(p: Project, a, work: Path, staging_tgz: Path, staging: list[str], 
         res = {
             "stage1_s": s1 - t0, "phase03_s": p3 - t0, "start_after_t0_s": start - t0,
             "build_s": out["build_end"] - start, "upload_s": out["upload_end"] - start, "both_done_s": both - t0, "finish_s": finish_s,
-            "scp_toolchain_s": out["t1_scp_toolchain_s"], "unpack_s": marks["rust"] - marks["start"], "apt_s": marks["apt"] - marks["rust"],
+            "unpack_s": marks["rust"] - marks["start"], "apt_s": marks["apt"] - marks["rust"],
             "clone_s": marks["clone"] - marks["apt"],
             "cargo_s": marks["build"] - marks["clone"], "tgz_s": out["t2_tgz_s"], "python_sample_s": out["t2_python_sample_s"],
             "stack_full_s": out["t2_stack_full_s"], "stage1_bytes": w_s1.bytes - tx0, "bytes": inst.link.tx_bytes() - tx0,
@@ -440,7 +440,7 @@ def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
             "cache_hit": cache_hit(text), "slowest": slowest(times, a.top), "log": str(playbook_log(proc.stdout)),
             "playbook_s": playbook_total(text), "stage1_launch_at": launch, "roles_to_stage1": by_role(times, launch),
             "build_started_at": first_start(times, "repo_build : Start cargo build") or first_start(times, "repo_build : Restore the cached"),
-            "toolchain_copy_s": next((round(d, 1) for n, _, d in times if n.startswith("rust_toolchain : Copy the archive")), None),
+            "toolchain_s": round(sum(d for n, _, d in times if n.startswith("rust_toolchain : ")), 1),
             "build_log": [s for s, _ in stamps],
             "exec_lines": inst.exec(f"cd {DEST} && grep -h '^volt-job: .* exec ' {lay['stage1']['log']} {lay['phase03']['log']}"),
         }
@@ -474,10 +474,11 @@ def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate-mbit", type=float, default=200.0, help="tbf rate on each instance's veth (default 200)")
-    ap.add_argument("--build-delay-ms", type=int, default=3000, help="VOLT_FIXTURE_BUILD_DELAY_MS of every build (default 3000)")
-    ap.add_argument("--stack-python-mb", type=float, default=670.0, help="Stack Python JSONL (default 670; the guide: 50 GB)")
-    ap.add_argument("--stack-full-mb", type=float, default=1600.0, help="Stack Full, 4 JSONL files (default 1600; the guide: 120 GB)")
+    ap.add_argument("--rate-mbit", type=float, default=50.0, help="tbf rate on each instance's veth (default 50)")
+    ap.add_argument("--build-delay-ms", type=int, default=100000,
+                    help="VOLT_FIXTURE_BUILD_DELAY_MS of every build (default 100000: cargo ~90%% of Terminal 1, as in the guide)")
+    ap.add_argument("--stack-python-mb", type=float, default=480.0, help="Stack Python JSONL (default 480; the guide: 50 GB)")
+    ap.add_argument("--stack-full-mb", type=float, default=1150.0, help="Stack Full, 4 JSONL files (default 1150; the guide: 120 GB)")
     ap.add_argument("--settle-s", type=float, default=150.0, help="before the rerun, wait this long at most for the jobs to finish")
     ap.add_argument("--up-timeout-s", type=float, default=600.0)
     ap.add_argument("--top", type=int, default=8, help="slowest tasks shown per up run")
@@ -521,17 +522,16 @@ def main() -> int:
                 staging.append(rel)
         staging_tgz = work / "VoltStaging.tar.gz"
         sync.sh(["tar", "-czf", str(staging_tgz), "-C", str(work), "VoltStaging"])
-        toolchain = World(camp_p.root, camp_p.volt_dir / "local").host_vars()["rust_toolchain_archive"]
-        toolchain_bytes = Path(toolchain).stat().st_size
+        toolchain_bytes = toolchain_archive().stat().st_size
         log(f"data: Stack Python {datasync.human(python_sample.stat().st_size)}, Stack Full {datasync.human(stack_full_bytes)}, "
             f"staging tar.gz {datasync.human(staging_tgz.stat().st_size)}; Rust archive {datasync.human(toolchain_bytes)}; "
             f"pre-flight hashed {datasync.human(report.hashed_bytes)}; link {a.rate_mbit:g} Mbit/s; build delay {a.build_delay_ms} ms")
 
-        log("1/4 guide: Terminal 1 (scp setup + Rust, setup script) || Terminal 2 (scp tar.gz, python_sample, -r the_stack_full); then extract, "
+        log("1/4 guide: Terminal 1 (scp the setup script, run it: Rust download, apt, clone, cargo) || Terminal 2 (scp tar.gz, python_sample, -r the_stack_full); then extract, "
             "checks, tmux")
         g = run_guide(guide_p, a, work, staging_tgz, staging, python_sample, stack_full, jobs)
         log(f"  stage1 after {g['stage1_s']:.1f}s, phase03 {g['phase03_s']:.1f}s; build (Terminal 1) {g['build_s']:.1f}s "
-            f"[scp Rust {g['scp_toolchain_s']:.1f} + unpack {g['unpack_s']:.1f} + apt {g['apt_s']:.1f} + clone {g['clone_s']:.1f} + "
+            f"[Rust download+unpack {g['unpack_s']:.1f} + apt {g['apt_s']:.1f} + clone {g['clone_s']:.1f} + "
             f"cargo {g['cargo_s']:.1f}], "
             f"uploads (Terminal 2) {g['upload_s']:.1f}s [tgz {g['tgz_s']:.1f} + python_sample {g['python_sample_s']:.1f} + "
             f"stack_full {g['stack_full_s']:.1f}], extract..tmux {g['finish_s']:.1f}s")
@@ -562,14 +562,13 @@ def main() -> int:
             "guide_stage1_bytes": g["stage1_bytes"], "cold_stage1_bytes": cold["stage1_bytes"], "warm_stage1_bytes": warm["stage1_bytes"],
             "cold_up_wall_s": round(cold["up_wall_s"], 1), "warm_up_wall_s": round(warm["up_wall_s"], 1),
             "rerun_playbook_s": warm["rerun_playbook_s"], "cold_changed": cold["changed"], "warm_changed": warm["changed"],
-            "guide_steps_s": {k: round(g[k], r) for k in ("scp_toolchain_s", "unpack_s", "apt_s", "clone_s", "cargo_s", "tgz_s", "python_sample_s",
+            "guide_steps_s": {k: round(g[k], r) for k in ("unpack_s", "apt_s", "clone_s", "cargo_s", "tgz_s", "python_sample_s",
                                                            "stack_full_s", "finish_s")},
             "guide_upload_MBps": round((staging_tgz.stat().st_size + python_sample.stat().st_size + stack_full_bytes) / g["upload_s"] / 1e6, 2),
             "build_delay_ms": a.build_delay_ms, "stack_python_bytes": python_sample.stat().st_size, "stack_full_bytes": stack_full_bytes,
             "toolchain_bytes": toolchain_bytes, "same_command_lines": same_cmds, "build_cache_files": cached,
             "cold_roles_to_stage1_s": cold["roles_to_stage1"], "warm_roles_to_stage1_s": warm["roles_to_stage1"],
-            "cold_compile_s": _span(cold["build_log"]), "cold_toolchain_copy_s": cold["toolchain_copy_s"],
-            "warm_toolchain_copy_s": warm["toolchain_copy_s"],
+            "cold_compile_s": _span(cold["build_log"]), "cold_toolchain_s": cold["toolchain_s"], "warm_toolchain_s": warm["toolchain_s"],
             "cold_slowest": cold["slowest"][:3], "warm_slowest": warm["slowest"][:3], "rerun_slowest": warm["rerun_slowest"][:3],
             "loadavg_1m_start_end": [load0, round(os.getloadavg()[0], 2)], "bench_wall_s": round(time.time() - wall0, 1),
         }
@@ -605,7 +604,7 @@ def print_table(o: dict, g: dict, cold: dict, warm: dict, a) -> None:
     print(f"warm build cache hit: {o['warm_cache_hit']}; same job command lines as up: {o['same_command_lines']}")
     for name, r in (("cold", cold), ("warm", warm)):
         print(f"up {name}: up returned after {r['up_wall_s']:.1f} s (changed={r['changed']}); playbook {r['playbook_s']} s: build started at "
-              f"{r['build_started_at']} s (build.log {r['build_log'] or 'none: restored'}), toolchain copy+unpack {r['toolchain_copy_s']} s, "
+              f"{r['build_started_at']} s (build.log {r['build_log'] or 'none: restored'}), rust_toolchain tasks {r['toolchain_s']} s, "
               f"stage-1 launch task began at {r['stage1_launch_at']} s; task seconds per role before it: {r['roles_to_stage1']}; slowest tasks:")
         for task, s in r["slowest"]:
             print(f"    {s:7.2f} s  {task}")
