@@ -527,8 +527,8 @@ def main() -> int:
             f"staging tar.gz {datasync.human(staging_tgz.stat().st_size)}; Rust archive {datasync.human(toolchain_bytes)}; "
             f"pre-flight hashed {datasync.human(report.hashed_bytes)}; link {a.rate_mbit:g} Mbit/s; build delay {a.build_delay_ms} ms")
 
-        log("1/4 guide: Terminal 1 (scp the setup script, run it: Rust download, apt, clone, cargo) || Terminal 2 (scp tar.gz, python_sample, -r the_stack_full); then extract, "
-            "checks, tmux")
+        log("1/4 guide: Terminal 1 (scp the setup script, run it: Rust download, apt, clone, cargo) || "
+            "Terminal 2 (scp tar.gz, python_sample, -r the_stack_full); then extract, checks, tmux")
         g = run_guide(guide_p, a, work, staging_tgz, staging, python_sample, stack_full, jobs)
         log(f"  stage1 after {g['stage1_s']:.1f}s, phase03 {g['phase03_s']:.1f}s; build (Terminal 1) {g['build_s']:.1f}s "
             f"[Rust download+unpack {g['unpack_s']:.1f} + apt {g['apt_s']:.1f} + clone {g['clone_s']:.1f} + "
