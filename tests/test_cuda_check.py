@@ -273,3 +273,5 @@ def test_gpu_not_required(make_host):
     }
     # found off PATH under /usr/local/cuda*: now on PATH for a new non-login SSH session
     assert "CUDA_HOME=/usr/local/cuda-12.8" in host.exec("cat /etc/environment").stdout
+    assert host.exec("cat /etc/ld.so.conf.d/cuda.conf").stdout == "/usr/local/cuda-12.8/lib64\n"
+    assert host.exec("stat -c '%a %U' /etc/profile.d/cuda.sh /etc/environment").stdout.split() == ["644", "root"] * 2

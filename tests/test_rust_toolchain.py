@@ -163,6 +163,8 @@ PROBE = "\n".join(
         "bin\trustc\tforeign\t",
         "bin\trustdoc\tours\t/opt/rust/bin/rustdoc",
         "prefixbin\tcargo rustc rustdoc",
+        "pkg\tbuild-essential\t1",
+        "pkg\tlibssl-dev\t0",
     ]
 )
 
@@ -175,6 +177,7 @@ def test_probe_parsing_and_the_toolchain_that_counts():
     assert p["tools"]["cargo"]["path"] == {}
     assert p["bin"]["rustc"]["state"] == "foreign" and p["bin"]["rustdoc"]["target"] == "/opt/rust/bin/rustdoc"
     assert p["prefixbin"] == ["cargo", "rustc", "rustdoc"]
+    assert p["packages"] == {"build-essential": True, "libssl-dev": False}
     # archive: the prefix's own toolchain counts, even with an older one first on PATH
     assert rt.rust_toolchain_current(p, "archive") == {**p["tools"]["rustc"]["prefix"], "in_place": True}
     # rustup: nothing in ~/.cargo/bin, so the PATH one counts (and it is not in place)
@@ -353,7 +356,7 @@ def test_archive_installs_over_an_old_rustc(ssh_host, archive):
 
     again = host.playbook(pb, check=True)
     assert recap(again)["changed"] == 0
-    assert "Copy the archive to the host and unpack it" not in again.stdout  # the archive is not sent again
+    assert "Copy the archive to the host" not in again.stdout  # the archive is not sent again
 
     # An old toolchain in the prefix itself is replaced by the archive's.
     host.put(fake(OLD_RUSTC), "/opt/rust/bin/rustc")
@@ -486,11 +489,17 @@ def test_a_url_archive_is_downloaded_by_the_host_and_checked(make_host, archive)
     assert wrong.returncode != 0 and "checksum" in wrong.stdout.lower(), wrong.stdout[-2000:]
     assert not host.exec("ls -d /opt/rust /opt/rust.staging /opt/rust.download", check=False).stdout  # nothing half-made is left
 
+    assert "rust_toolchain: checksum mismatch: " + url in " ".join(wrong.stdout.split())
+
     sha = archive_sha256(archive)
-    pb = play(rust_toolchain_method="archive", rust_toolchain_archive=url, rust_toolchain_archive_sha256=sha, rust_toolchain_apt_packages=[])
+    # Build packages that are all installed already: no apt run at all (not even an index update).
+    pb = play(rust_toolchain_method="archive", rust_toolchain_archive=url, rust_toolchain_archive_sha256=sha,
+              rust_toolchain_apt_packages=["rsync", "tmux"])
     first = host.playbook(pb, check=True)
-    assert task_result(first.stdout, "Download the archive on the host (checksum checked)") == "changed"
-    assert task_result(first.stdout, "Copy the archive to the host and unpack it") == "skipping"  # nothing pushed
+    assert task_result(first.stdout, "Fetch, check and unpack the archive on the host (in the background)") == "changed"
+    assert task_result(first.stdout, "Copy the archive to the host") == "skipping"  # nothing pushed
+    assert task_result(first.stdout, "Install the apt build dependencies") == "skipping"
+    assert not host.exec("ls -d /opt/rust.staging /opt/rust.download /opt/rust.old", check=False).stdout
     assert rt.rust_toolchain_version_ok(ssh(host, "rustc --version").stdout, "1.85")
     marker = json.loads(host.exec("cat /opt/rust/.rust_toolchain.json").stdout)
     assert marker["sha256"] == sha and marker["archive"] == archive.name

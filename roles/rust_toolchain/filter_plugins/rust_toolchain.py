@@ -66,9 +66,10 @@ def rust_toolchain_probe(stdout) -> dict:
 
     Lines: `<key>\\t<value>` for arch, home, cargo_home, rustup_home, path, zstd; `tool\\t<rustc|cargo>\\t<where>\\t<path>\\t
     <rustup beside it: 0|1>\\t<rc, -1 = missing>\\t<first line of --version>` with where = path|cargo_home|prefix;
-    `bin\\t<name>\\t<absent|link|ours|foreign>\\t<link target>`; `prefixbin\\t<names in prefix/bin>`.
+    `bin\\t<name>\\t<absent|link|ours|foreign>\\t<link target>`; `prefixbin\\t<names in prefix/bin>`;
+    `pkg\\t<apt package>\\t<installed: 0|1>`.
     """
-    probe: dict = {"tools": {"rustc": {}, "cargo": {}}, "bin": {}, "prefixbin": [], "zstd": False}
+    probe: dict = {"tools": {"rustc": {}, "cargo": {}}, "bin": {}, "prefixbin": [], "zstd": False, "packages": {}}
     for line in str(stdout or "").splitlines():
         f = line.split("\t")
         if f[0] == "tool" and len(f) >= 7:
@@ -80,6 +81,8 @@ def rust_toolchain_probe(stdout) -> dict:
             probe["bin"][f[1]] = {"state": f[2], "target": f[3] if len(f) > 3 else ""}
         elif f[0] == "prefixbin":
             probe["prefixbin"] = sorted((f[1] if len(f) > 1 else "").split())
+        elif f[0] == "pkg" and len(f) >= 3:
+            probe["packages"][f[1]] = f[2] == "1"
         elif f[0] == "zstd" and len(f) > 1:
             probe["zstd"] = f[1] == "1"
         elif len(f) == 2:
