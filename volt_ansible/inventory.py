@@ -1,13 +1,16 @@
 """Ansible inventory built from `.volt/state.json`.
 
 Standard library only: `inventory/volt_state.py` imports this under whatever python3 runs
-plain `ansible-playbook`, with or without the project's virtualenv.
+plain `ansible-playbook`, with or without the project's virtualenv (volt_ansible.ssh is stdlib-only too).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from volt_ansible.errors import VoltError
+from volt_ansible.ssh import check_host
 
 GROUP = "volt"
 
@@ -30,16 +33,22 @@ def build(volt_dir: Path) -> dict:
     if not inst or not inst.get("ssh_port"):
         return inv
     name = host_name(inst["id"])
+    try:
+        host = check_host(inst.get("ssh_host", ""))
+    except VoltError as e:
+        raise SystemExit(f"volt inventory: {name}: {e}") from None
     key = volt_dir / "id_ed25519"
     known_hosts = volt_dir / "known_hosts"
     inv[GROUP]["hosts"].append(name)
     inv["_meta"]["hostvars"][name] = {
-        "ansible_host": inst["ssh_host"],
+        "ansible_host": host,
         "ansible_port": inst["ssh_port"],
         "ansible_user": "root",
         "ansible_ssh_private_key_file": str(key),
-        # Pinned per instance: this campaign's known_hosts only, strict checking, never global "no".
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
+        # Pinned per instance: this campaign's known_hosts only, strict checking, never global "no"; the
+        # operator's ssh agent never goes to a rented host, whatever ~/.ssh/config says.
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "
+                                   "-o ForwardAgent=no",
         "volt_instance_id": inst["id"],
         "volt_backend": inst.get("backend", ""),
         "volt_gpu_name": inst.get("gpu_name", ""),

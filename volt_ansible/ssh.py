@@ -2,11 +2,65 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import shlex
 import socket
 import subprocess
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
+
+# A DNS name (labels of letters, digits, hyphens, never starting with one); IPv4 fits it too.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?:\.(?!-)[A-Za-z0-9-]{1,63})*\.?")
+_CHANGED = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for \S+ has changed")
+_FAILED = re.compile(r"Host key verification failed|host key is known for")
+_SEEN = re.compile(r"(?:Host key for|host key is known for) (\S+)")
+_OFFENDING = re.compile(r"Offending \S+ key in (\S+):\d+")
+# A line already built by host_key_line (e.g. by the data_sync driver), found again inside a task's message.
+_BUILT = re.compile(r"host key (?:changed|not pinned) for [^\n\r]*")
+
+
+def check_host(host: str) -> str:
+    """host when it is a hostname or an IP address; else one-line VoltError: it goes on ssh, ssh-keyscan and
+    rsync command lines, where `-oProxyCommand=...` would be an option and `a;b` a shell command."""
+    host = str(host)
+    if len(host) <= 253 and _HOSTNAME.fullmatch(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        raise VoltError(f"ssh host {host!r} is not a hostname or an IP address: refusing to hand it to ssh "
+                        "(check the instance's ssh_host in the API and in .volt/state.json)") from None
+
+
+def host_key_line(text: str, who: str, known_hosts: Path | str | None = None) -> str | None:
+    """The one line for ssh output (or a task message) that says the host key did not verify, else None.
+
+    who names the instance (volt-42, or host:port); the line says how to re-pin it on purpose."""
+    text = text or ""
+    built = _BUILT.search(text)
+    if built:
+        return built.group(0).strip()
+    changed, failed = _CHANGED.search(text), _FAILED.search(text)
+    if not changed and not failed:
+        return None
+    offending = _OFFENDING.search(text)
+    kh = offending.group(1) if offending else str(known_hosts or ".volt/known_hosts")
+    named = _SEEN.search(text)
+    seen = named.group(1) if named else ""
+    host, _, port = seen[1:].partition("]:") if seen.startswith("[") else (seen, "", "")
+    if host and host not in who:
+        who = f"{who} ({seen})"
+    if host:
+        repin = (f"ssh-keygen -R {shlex.quote(seen)} -f {shlex.quote(kh)} && "
+                 f"ssh-keyscan {'-p ' + port + ' ' if port else ''}{shlex.quote(host)} >> {shlex.quote(kh)}")
+    else:
+        repin = f"remove its line from {kh}, then ssh-keyscan -p PORT HOST >> {kh}"
+    what = (f"host key changed for {who}: it does not match the key pinned in {kh} at first contact" if changed
+            else f"host key not pinned for {who}: {kh} holds no key for it")
+    return f"{what}; nothing was sent or run there. If the instance was really re-imaged, re-pin it on purpose: {repin}"
 
 
 def key_path(volt_dir: Path) -> Path:
@@ -31,6 +85,7 @@ def ensure_key(volt_dir: Path, comment: str) -> str:
 
 def banner(host: str, port: int, timeout: float = 3.0) -> bool:
     """True when an SSH server answers on host:port with its version banner."""
+    check_host(host)
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
@@ -41,7 +96,7 @@ def banner(host: str, port: int, timeout: float = 3.0) -> bool:
 
 def pin_host_key(volt_dir: Path, host: str, port: int) -> None:
     """Record this instance's host keys in the campaign's own known_hosts (first contact, right after creation)."""
-    proc = subprocess.run(["ssh-keyscan", "-T", "5", "-p", str(port), host], capture_output=True, text=True)
+    proc = subprocess.run(["ssh-keyscan", "-T", "5", "-p", str(port), check_host(host)], capture_output=True, text=True)
     keys = [ln for ln in proc.stdout.splitlines() if ln and not ln.startswith("#")]
     if not keys:
         raise VoltError(f"could not read the SSH host key of {host}:{port}: sshd answered but ssh-keyscan got nothing")
@@ -70,11 +125,13 @@ def options(volt_dir: Path) -> list[str]:
         f"UserKnownHostsFile={known_hosts_path(volt_dir)}",
         "-o",
         "StrictHostKeyChecking=yes",
+        "-o",
+        "ForwardAgent=no",
     ]
 
 
 def command(volt_dir: Path, host: str, port: int, user: str = "root") -> list[str]:
-    return ["ssh", *options(volt_dir), "-p", str(port), f"{user}@{host}"]
+    return ["ssh", *options(volt_dir), "-p", str(port), f"{user}@{check_host(host)}"]
 
 
 def can_login(volt_dir: Path, host: str, port: int) -> bool:
