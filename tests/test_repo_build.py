@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
 import pytest
 from conftest import REPO
 
@@ -11,7 +18,7 @@ SERVE = REPO / "molecule/resources/serve-volt-x.yml"
 FIXTURE = REPO / "tests/fixtures/volt-x"
 
 
-def play(repo_build_vars: str = "", toolchain: bool = True) -> str:
+def play(repo_build_vars: str = "", toolchain: bool = True, serve: bool = True) -> str:
     rust = """
     - name: Rust from the controller's own toolchain
       ansible.builtin.include_role:
@@ -21,23 +28,71 @@ def play(repo_build_vars: str = "", toolchain: bool = True) -> str:
         rust_toolchain_archive: "{{ lookup('ansible.builtin.pipe', 'python3 -m volt_ansible.local.toolchain') }}"
         rust_toolchain_apt_packages: []
 """ if toolchain else ""
-    return f"""
-- hosts: volt
-  gather_facts: false
-  tasks:
+    served = f"""
     - name: Serve the fixture
       ansible.builtin.include_tasks: {SERVE}
       vars:
         volt_x_fixture_src: {FIXTURE}
-{rust}
+""" if serve else ""
+    return f"""
+- hosts: volt
+  gather_facts: false
+  tasks:
+{served}{rust}
     - name: Build
       ansible.builtin.include_role:
         name: repo_build
       vars:
-        repo_build_repo: file:///srv/volt-x.git
+        repo_build_repo: file:///srv/{'volt-x.git' if serve else 'git/volt-x.git'}
         repo_build_heartbeat_s: 1
 {repo_build_vars}
 """
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    env = {"GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+class Origin:
+    """The fixture as a bare repository on the controller (GitHub's stand-in), which test hosts mount read-only at
+    /srv/git: the controller resolves the commit from the same repository the instance clones."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.bare = root / "git" / "volt-x.git"
+        work = root / "work"
+        shutil.copytree(FIXTURE, work, ignore=shutil.ignore_patterns("target", "__pycache__"))
+        git("init", "-q", "-b", "main", cwd=work)
+        git("add", "-A", cwd=work)
+        git("commit", "-qm", "fixture", cwd=work)
+        git("clone", "-q", "--bare", str(work), str(self.bare))
+        git("remote", "add", "origin", str(self.bare), cwd=work)
+        self.work = work
+
+    @property
+    def volume(self) -> str:
+        return f"{self.root / 'git'}:/srv/git:ro"
+
+    def vars(self, extra: str = "") -> str:
+        return f"        repo_build_repo_controller: file://{self.bare}\n" + extra
+
+    def head(self) -> str:
+        return git("--git-dir", str(self.bare), "rev-parse", "main")
+
+    def push(self, path: str, old: str, new: str) -> str:
+        """Change a file on main the way a developer would; the new commit."""
+        f = self.work / path
+        f.write_text(f.read_text().replace(old, new, 1) if old else f.read_text() + new)
+        git("commit", "-qam", "change", cwd=self.work)
+        git("push", "-q", "origin", "main", cwd=self.work)
+        return self.head()
+
+
+@pytest.fixture
+def origin(tmp_path):
+    return Origin(tmp_path / "origin")
 
 
 def push_change(host, line: str) -> None:
@@ -86,37 +141,85 @@ def test_missing_cargo_is_named_with_the_fix(make_host):
     assert "repo_build: 'cargo' is not runnable" in proc.stdout and "run the rust_toolchain role first" in proc.stdout
 
 
-def test_build_cache_skips_compiling_on_a_new_instance(make_host, tmp_path):
+def test_build_cache_skips_compiling_on_a_new_instance(make_host, tmp_path, origin):
     cache = tmp_path / "cache"
-    vars_ = f"        repo_build_cache: true\n        repo_build_cache_dir: {cache}"
-    first = make_host("dev")
-    out = first.playbook(play(vars_), check=True)
+    vars_ = origin.vars(f"        repo_build_cache: true\n        repo_build_cache_dir: {cache}")
+    first = make_host("dev", volumes=[origin.volume])
+    out = first.playbook(play(vars_, serve=False), check=True)
     assert "Start cargo build" in out.stdout and len(list(cache.glob("*.tar.gz"))) == 1
+    record = json.loads(next(cache.glob("*.v3.json")).read_text())  # who built it, when, from what, every file's sha256
+    assert record["commit"] == origin.head() and record["built_by"]["host"] == first.name and record["built_at"] > 0
+    assert set(record["files"]) == {"target/release/codebook-init", "target/release/train-vfn", "target/release/.volt-build-stamp"}
+    assert record["files"]["target/release/train-vfn"] == first.exec("sha256sum /root/volt-x/target/release/train-vfn").stdout.split()[0]
 
-    second = make_host("dev")
-    out = second.playbook(play(vars_), check=True)
+    second = make_host("dev", volumes=[origin.volume])
+    out = second.playbook(play(vars_, serve=False), check=True)
     assert "Restore the cached binaries" in out.stdout
     assert second.exec("test -e /root/volt-x/logs/build.log", check=False).returncode != 0  # cargo never ran here
     assert second.exec("test -x /root/volt-x/target/release/codebook-init && test -x /root/volt-x/target/release/train-vfn").returncode == 0
-    rerun = second.playbook(play(vars_), check=True)
+    rerun = second.playbook(play(vars_, serve=False), check=True)
     assert "changed=0" in recap(rerun)
 
 
-def test_a_toolchain_id_lets_a_cache_hit_skip_rust(make_host, tmp_path):
+def test_a_toolchain_id_lets_a_cache_hit_skip_rust(make_host, tmp_path, origin):
     """With repo_build_toolchain_id the key needs no cargo: a host without Rust gets the cached binaries."""
     cache = tmp_path / "cache"
-    vars_ = f"        repo_build_cache: true\n        repo_build_cache_dir: {cache}\n        repo_build_toolchain_id: archive:test|image"
-    built = make_host("dev")
-    built.playbook(play(vars_), check=True)
+    vars_ = origin.vars(f"        repo_build_cache: true\n        repo_build_cache_dir: {cache}\n"
+                        "        repo_build_toolchain_id: archive:test|image")
+    built = make_host("dev", volumes=[origin.volume])
+    built.playbook(play(vars_, serve=False), check=True)
     assert len(list(cache.glob("*.tar.gz"))) == 1 and not list(cache.glob("*.part"))
 
-    bare = make_host("dev")
+    bare = make_host("dev", volumes=[origin.volume])
     assert bare.exec("command -v cargo", check=False).returncode != 0
-    out = bare.playbook(play(vars_, toolchain=False), check=True)
+    out = bare.playbook(play(vars_, toolchain=False, serve=False), check=True)
     assert "Restore the cached binaries" in out.stdout and "repo_build : Find cargo" not in out.stdout
     assert bare.exec("/root/volt-x/target/release/train-vfn --help 2>&1 || true").stdout  # it runs
-    assert "changed=0" in recap(bare.playbook(play(vars_, toolchain=False), check=True))
+    assert "changed=0" in recap(bare.playbook(play(vars_, toolchain=False, serve=False), check=True))
 
     other = vars_.replace("archive:test|image", "archive:other|image")  # another toolchain: a miss, and cargo is needed
-    proc = bare.playbook(play(other, toolchain=False))
+    proc = bare.playbook(play(other, toolchain=False, serve=False))
     assert proc.returncode != 0 and "repo_build: 'cargo' is not runnable" in proc.stdout
+
+    # An entry altered on the controller's disk after it was saved is refused with one line and never restored:
+    # a host without Rust then needs cargo (compile instead) and says so.
+    entry = next(cache.glob("*.v3.tar.gz"))
+    tampered = tmp_path / "tampered"
+    with tarfile.open(entry) as tar:
+        tar.extractall(tampered, filter="data")
+    (tampered / "target/release/train-vfn").write_text("#!/bin/sh\necho planted > /tmp/planted\n")
+    with tarfile.open(entry, "w:gz") as tar:
+        for f in sorted((tampered / "target/release").iterdir()):
+            tar.add(f, f"target/release/{f.name}")
+    victim = make_host("dev", volumes=[origin.volume])
+    proc = victim.playbook(play(vars_, toolchain=False, serve=False))
+    text = " ".join(proc.stdout.split())
+    assert f"repo_build: refusing build cache entry {entry.name[:12]}: target/release/train-vfn in {entry.name} has sha256 " in text
+    assert "compiling instead" in text and re.search(r"Restore the cached binaries instead of compiling\] \**\nskipping:", proc.stdout)
+    assert proc.returncode != 0 and "repo_build: 'cargo' is not runnable" in proc.stdout  # compile instead: Rust needed
+    assert victim.exec("test -e /root/volt-x/target/release/train-vfn", check=False).returncode != 0
+
+
+def test_the_checkout_must_be_at_the_commit_the_controller_resolved(make_host, tmp_path, origin):
+    """The build cache's key is the commit the controller resolves: a host whose clone is elsewhere fails, one line."""
+    expected = origin.head()
+    lying = Origin(tmp_path / "lying")  # what the host sees at the same URL: main one commit further
+    found = lying.push("README.md", "", "\nplanted\n")
+    host = make_host("dev", volumes=[lying.volume])
+    vars_ = (f"        repo_build_repo_controller: file://{origin.bare}\n"
+             f"        repo_build_cache: true\n        repo_build_cache_dir: {tmp_path / 'cache'}\n"
+             "        repo_build_toolchain_id: archive:test|image")
+    proc = host.playbook(play(vars_, toolchain=False, serve=False))
+    assert proc.returncode != 0
+    assert (f"repo_build: {host.name} checked out file:///srv/git/volt-x.git main at commit {found}, but the controller "
+            f"resolved it to {expected}: the branch moved meanwhile (run again) or the host is not to be trusted") in " ".join(proc.stdout.split())
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cargo_builds_with_the_repositorys_lock_file(make_host, origin):
+    """Cargo.lock is in the repository: cargo uses it as it is (--locked) and fails rather than resolve anew."""
+    origin.push("crates/volt-learn/Cargo.toml", 'version = "0.1.0"', 'version = "0.1.1"')  # Cargo.lock not updated
+    host = make_host("dev", volumes=[origin.volume])
+    proc = host.playbook(play(origin.vars(), serve=False))
+    assert proc.returncode != 0 and "cargo build failed (rc=101)" in proc.stdout
+    assert "--locked" in proc.stdout and "Cargo.lock" in proc.stdout, proc.stdout[-3000:]

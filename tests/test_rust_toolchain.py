@@ -240,6 +240,91 @@ def test_ensure_archive_packs_what_compiling_needs_once(tmp_path):
     assert toolchain.ensure_archive(root, cache) == path and path.stat().st_mtime_ns == mtime  # reused, not repacked
 
 
+# --- files/unpack.py, run here as the role runs it on the host -------------------------------------------
+
+UNPACK = REPO / "roles/rust_toolchain/files/unpack.py"
+
+
+def toolchain_archive(tmp_path: Path, marker: Path, padding: int = 0) -> Path:
+    """A .tar.gz whose bin/rustc and bin/cargo leave `marker` behind when they run, then `padding` random bytes."""
+    import os
+    import tarfile
+
+    root = tmp_path / "src"
+    (root / "bin").mkdir(parents=True)
+    for tool in ("rustc", "cargo"):
+        (root / "bin" / tool).write_text(f"#!/bin/sh\necho ran >> {marker}\necho '{tool} 1.95.0 (x 2026-04-14)'\n")
+        (root / "bin" / tool).chmod(0o4755)  # setuid, as an attacker's archive might have it
+    (root / "lib").mkdir()
+    (root / "lib" / "padding").write_bytes(os.urandom(padding))
+    path = tmp_path / "rust.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("bin", "bin/rustc", "bin/cargo", "lib", "lib/padding"):  # the programs first, the padding last
+            tar.add(root / name, name, recursive=False)
+    return path
+
+
+def unpack(url: str, sha256: str, staging: Path) -> subprocess.Popen:
+    cfg = {"url": url, "sha256": sha256, "staging": str(staging), "zstd": False, "remove": []}
+    return subprocess.Popen(["python3", "-c", UNPACK.read_text(), json.dumps(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_a_tampered_archive_leaves_nothing_behind_and_runs_nothing(tmp_path):
+    import hashlib
+
+    marker = tmp_path / "ran"
+    archive = toolchain_archive(tmp_path, marker)
+    prefix = tmp_path / "opt"
+    prefix.mkdir()
+    proc = unpack(archive.as_uri(), "0" * 64, prefix / "rust.staging")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and f"rust_toolchain: checksum mismatch: {archive.as_uri()}" in err and "nothing was installed" in err
+    assert list(prefix.iterdir()) == [] and not marker.exists()  # nothing unpacked is left, nothing of it ran
+
+    good = unpack(archive.as_uri(), hashlib.sha256(archive.read_bytes()).hexdigest(), prefix / "rust.staging")
+    out, err = good.communicate(timeout=60)
+    assert good.returncode == 0, err
+    assert json.loads(out)["rustc"] == {"rc": 0, "out": "rustc 1.95.0 (x 2026-04-14)"} and marker.exists()  # verified: then it runs
+    assert sorted(p.name for p in prefix.iterdir()) == ["rust.staging"] and (prefix / "rust.staging").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("digest_matches", [True, False])
+def test_nothing_unverified_reaches_the_staging_path_or_other_users_while_it_downloads(tmp_path, digest_matches):
+    """The download and the unpack overlap, but until the digest matches the files are in a 0700 directory that is
+    not the staging path archive_finish swaps into the prefix: a host killed mid-download leaves them there, unused."""
+    import hashlib
+    import os
+    import stat
+
+    archive = toolchain_archive(tmp_path, tmp_path / "ran", padding=6 << 20)
+    data = archive.read_bytes()
+    fifo = tmp_path / "download"
+    os.mkfifo(fifo)  # a download that stops half-way until the test lets it go on
+    prefix = tmp_path / "opt"
+    prefix.mkdir()
+    staging = prefix / "rust.staging"
+    proc = unpack(fifo.as_uri(), hashlib.sha256(data).hexdigest() if digest_matches else "f" * 64, staging)
+    try:
+        with open(fifo, "wb") as w:
+            w.write(data[: len(data) // 2])
+            w.flush()
+            deadline = time.monotonic() + 30
+            while not (unpacked := [p for p in prefix.rglob("rustc")]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert unpacked, "tar never unpacked bin/rustc from the first half of the archive"
+            assert not staging.exists(), f"unverified files are at the staging path: {unpacked}"
+            top = prefix / unpacked[0].relative_to(prefix).parts[0]
+            assert stat.S_IMODE(top.stat().st_mode) == 0o700, oct(top.stat().st_mode)  # no other user reaches them
+            w.write(data[len(data) // 2:])
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode == 0) == digest_matches, err
+    assert sorted(p.name for p in prefix.iterdir()) == (["rust.staging"] if digest_matches else [])
+    assert (tmp_path / "ran").exists() == digest_matches
+
+
 # --- the role on real SSH test hosts ---------------------------------------------------------------------
 
 
@@ -487,7 +572,8 @@ def test_a_url_archive_is_downloaded_by_the_host_and_checked(make_host, archive)
     wrong = host.playbook(play(rust_toolchain_method="archive", rust_toolchain_archive=url, rust_toolchain_archive_sha256="0" * 64,
                                rust_toolchain_apt_packages=[]))
     assert wrong.returncode != 0 and "checksum" in wrong.stdout.lower(), wrong.stdout[-2000:]
-    assert not host.exec("ls -d /opt/rust /opt/rust.staging /opt/rust.download", check=False).stdout  # nothing half-made is left
+    assert not host.exec("ls -d /opt/rust /opt/rust.staging /opt/rust.download /opt/rust.staging.unverified-*",
+                         check=False).stdout  # nothing half-made is left
 
     assert "rust_toolchain: checksum mismatch: " + url in " ".join(wrong.stdout.split())
 

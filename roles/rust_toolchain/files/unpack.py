@@ -2,8 +2,12 @@
 
 Input (argv[1], JSON): {url, sha256, staging, zstd: bool, remove: [paths]}. Empties `staging`, streams `url`
 (https://, http://, file://) into tar while hashing it, so the download and the unpack overlap as in the
-guide's `curl | sh`. Nothing from the archive is run unless its sha256 matches: on a mismatch or any error,
-`staging` is removed and the one-line reason goes to stderr (exit 1). Then runs the unpacked rustc and cargo.
+guide's `curl | sh`. Until its sha256 matches, the archive is unpacked only into a private directory beside
+`staging` (mode 0700, `<staging>.unverified-*`: no other user can reach it, nothing is run from it, no PATH names
+it); only a verified archive becomes `staging` (one rename, then 0755), so `staging` (which archive_finish.yml swaps
+into the prefix) never holds an unverified file, not even while the download runs or after a killed run. On a
+mismatch or any error the private directory is removed and the one-line reason goes to stderr (exit 1). Then runs
+the verified rustc and cargo, from `staging`.
 The paths in `remove` (a pushed copy of the archive, an older role's download) are removed in every case.
 Prints JSON: {sha256, rustc, cargo, bin}: the digest, each tool's {rc, out}, the names in staging/bin.
 """
@@ -19,10 +23,13 @@ import tempfile
 import urllib.request
 
 cfg = json.loads(sys.argv[1])
-staging = cfg["staging"]
+staging = os.path.abspath(cfg["staging"])
+unverified = None  # the private directory the archive is unpacked into until its digest matches
 
 
 def fail(msg):
+    if unverified:
+        shutil.rmtree(unverified, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
     sys.exit(f"rust_toolchain: {msg}")
 
@@ -40,7 +47,7 @@ def unpack():
     digest = hashlib.sha256()
     # tar's stderr goes to a file, not a pipe: tar must never block on it while it is being fed
     with tempfile.TemporaryFile() as errors:
-        tar = subprocess.Popen(["tar", "--zstd" if cfg["zstd"] else "-z", "--no-same-owner", "-xf", "-", "-C", staging],
+        tar = subprocess.Popen(["tar", "--zstd" if cfg["zstd"] else "-z", "--no-same-owner", "-xf", "-", "-C", unverified],
                                stdin=subprocess.PIPE, stderr=errors, bufsize=0)
         try:
             with urllib.request.urlopen(cfg["url"], timeout=60) as src:
@@ -63,16 +70,26 @@ def unpack():
 
 try:
     shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging, mode=0o755)
+    parent, name = os.path.split(staging)
+    os.makedirs(parent, exist_ok=True)
+    for stale in os.listdir(parent):  # what a killed run left: never verified, never used
+        if stale.startswith(name + ".unverified-"):
+            shutil.rmtree(os.path.join(parent, stale), ignore_errors=True)
+    unverified = tempfile.mkdtemp(prefix=name + ".unverified-", dir=parent)  # 0700
     sha256, rc, err = unpack()
     if rc != 0:
         fail(f"unpacking {cfg['url']} failed: {err}")
     if sha256 != cfg["sha256"].lower():
         fail(f"checksum mismatch: {cfg['url']} has sha256 {sha256}, expected {cfg['sha256']}; nothing was installed")
+    os.rename(unverified, staging)  # verified: only now does anything of it reach the staging path
+    unverified = None
+    os.chmod(staging, 0o755)
     bin_dir = os.path.join(staging, "bin")
     print(json.dumps({"sha256": sha256, "rustc": version("rustc"), "cargo": version("cargo"),
                       "bin": sorted(os.listdir(bin_dir)) if os.path.isdir(bin_dir) else []}))
 finally:
+    if unverified:  # an unexpected error: what was unpacked is never used
+        shutil.rmtree(unverified, ignore_errors=True)
     for path in cfg.get("remove", []):
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
