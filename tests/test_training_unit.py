@@ -338,7 +338,7 @@ def test_layout_and_job_names():
 def test_logs_command_is_the_campaign_ssh(tmp_path):
     argv = jobs.logs_command(tmp_path, "203.0.113.7", 2222, "stage1", follow=True, lines=20, lay=LAY, tty=True)
     assert argv[:2] == ["ssh", "-t"] and f"UserKnownHostsFile={tmp_path}/known_hosts" in argv and "root@203.0.113.7" in argv
-    assert argv[-1].endswith('exec tail -n 20 -F "$@"') and "logs/phase21_stage1.log" in argv[-1]
+    assert argv[-1].endswith('exec tail -n 20 -F -- "$@"') and "logs/phase21_stage1.log" in argv[-1]
     every = jobs.logs_command(tmp_path, "h", 22, lay=LAY)[-1]
     assert all(j.log in every for j in LAY.jobs) and "-F" not in every
     script = jobs.remote_script(LAY, gpu_samples=2)
@@ -361,3 +361,27 @@ def test_plot_writes_a_png_with_one_panel_per_stage(tmp_path):
     with pytest.raises(VoltError, match="no loss lines in the training logs yet"):
         plot.write_png({"stage1": "train-vfn: start"}, tmp_path / "none.png", LAY)
     assert not (tmp_path / "none.png").exists()
+
+
+def test_status_and_logs_scripts_run_hostile_names_and_paths_as_data(tmp_path):
+    """jobs.py's scripts on the instance (status, logs, plot): names and paths from the spec never run as code."""
+    import copy
+    import subprocess
+
+    gv = copy.deepcopy(GV)
+    pwn = tmp_path / "pwned"
+    stage = gv["volt_curriculum"]["stages"][0]
+    stage["name"] = f"s1$(touch {pwn}1)"
+    stage["log"] = f"-logs/stage `touch {pwn}2` $5.log"
+    stage["args"]["--output"] = f"checkpoints/out $(touch {pwn}3).safetensors"
+    lay = jobs.layout_from({**gv, "training_tmux_dest": str(tmp_path / "dest $(touch x)")})
+    log = tmp_path / "dest $(touch x)" / stage["log"]
+    log.parent.mkdir(parents=True)
+    log.write_text("[Epoch 1/1] line\n")
+    subprocess.run(["sh", "-s"], input=jobs.remote_script(lay, gpu_samples=1), capture_output=True, text=True, check=True)
+    tail = jobs.logs_command(tmp_path, "h", 22, job="1", lay=lay)[-1]
+    shown = subprocess.run(["sh", "-c", tail], capture_output=True, text=True)
+    assert shown.returncode == 0 and "[Epoch 1/1] line" in shown.stdout, shown.stderr
+    none = jobs.logs_command(tmp_path, "h", 22, job="2", lay=lay)[-1]
+    assert "no job log yet" in subprocess.run(["sh", "-c", none], capture_output=True, text=True).stderr
+    assert not list(tmp_path.glob("pwned*")) and not (tmp_path / "x").exists()

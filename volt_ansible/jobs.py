@@ -321,15 +321,15 @@ def remote_script(lay: Layout, log_lines: int = 200, gpu_samples: int = 3, gpu_i
     for j in [*lay.jobs, lay.chain]:
         n = q(j.name)
         lines += [
-            f'echo "$M status {j.name}"; cat {q(j.status)} 2>/dev/null',
+            f'echo "$M status "{n}; cat -- {q(j.status)} 2>/dev/null',
             f'pid=$(sed -n "s/^pid=//p" {q(j.status)} 2>/dev/null); alive=0',
             f'[ -n "$pid" ] && [ -r /proc/$pid/cmdline ] && tr "\\0" "\\n" < /proc/$pid/cmdline | grep -qxF -- {q(j.script)} && alive=1',
-            f'echo "$M alive {j.name} $alive"',
-            f'echo "$M logmeta {j.name} $(stat -c "%s %Y" {q(j.log)} 2>/dev/null)"',
-            f'echo "$M log {j.name}"; tail -n {int(log_lines)} {q(j.log)} 2>/dev/null',
+            f'echo "$M alive "{n}" $alive"',
+            f'echo "$M logmeta "{n}" $(stat -c "%s %Y" -- {q(j.log)} 2>/dev/null)"',
+            f'echo "$M log "{n}; tail -n {int(log_lines)} -- {q(j.log)} 2>/dev/null',
         ]
         if j.output:
-            lines.append(f'[ -f {q(j.output)} ] && echo "$M output {n} 1"')
+            lines.append(f'[ -f {q(j.output)} ] && echo "$M output "{n}" 1"')
     lines += [
         f'echo "$M owner $(cat {q(lay.epoch_owner)} 2>/dev/null)"',
         'echo "$M epochs"',
@@ -536,8 +536,24 @@ def read_remote(volt_dir: Path, host: str, port: int, script: str, timeout: floa
     except subprocess.TimeoutExpired:
         raise VoltError(f"ssh to {host}:{port} did not answer within {timeout:.0f} s: is the instance up (volt-ansible status)?") from None
     if proc.returncode == 255:
-        raise VoltError(f"ssh to {host}:{port} failed: {proc.stderr.strip() or 'no message'}")
+        raise VoltError(_refused(volt_dir, host, port, proc.stderr) or f"ssh to {host}:{port} failed: {proc.stderr.strip() or 'no message'}")
     return proc.stdout
+
+
+def _refused(volt_dir: Path, host: str, port: int, stderr: str) -> str | None:
+    return ssh.host_key_line(stderr, f"the instance at {host}:{port}", ssh.known_hosts_path(volt_dir))
+
+
+def check_host_key(volt_dir: Path, host: str, port: int, timeout: float = 30) -> None:
+    """Before an ssh that is exec'd (`logs`): a changed host key stops here with one line instead of ssh's
+    block of @s. Other failures are left to that ssh to report."""
+    try:
+        proc = subprocess.run([*_ssh(volt_dir, host, port), "true"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return
+    line = _refused(volt_dir, host, port, proc.stderr) if proc.returncode == 255 else None
+    if line:
+        raise VoltError(line)
 
 
 def snapshot(volt_dir: Path, host: str, port: int, lay: Layout | None = None, *, gpu_samples: int = 3,
@@ -567,8 +583,8 @@ def logs_command(volt_dir: Path, host: str, port: int, job: str | None = None, f
     logs = [resolve_job(lay, job).log] if job else [d.log for d in lay.jobs]
     script = (f"cd {shlex.quote(lay.dest)} || exit 1; set --; for f in {' '.join(shlex.quote(x) for x in logs)}; "
               'do [ -e "$f" ] && set -- "$@" "$f"; done; '
-              'if [ $# -eq 0 ]; then echo "no job log yet (' + " ".join(logs) + '): start training first" >&2; exit 1; fi; '
-              f'exec tail -n {int(lines)}{" -F" if follow else ""} "$@"')
+              f'if [ $# -eq 0 ]; then printf "no job log yet (%s): start training first\\n" {shlex.quote(" ".join(logs))} >&2; exit 1; fi; '
+              f'exec tail -n {int(lines)}{" -F" if follow else ""} -- "$@"')
     cmd = _ssh(volt_dir, host, port)
     if tty:
         cmd.insert(1, "-t")
@@ -579,6 +595,6 @@ def fetch_logs(volt_dir: Path, host: str, port: int, lay: Layout | None = None) 
     """Every job's full log ({job: text}; jobs without a log yet are left out), e.g. for plot.write_png."""
     lay = lay or layout()
     script = f"cd {shlex.quote(lay.dest)} || exit 0\n" + "".join(
-        f'[ -f {shlex.quote(j.log)} ] && {{ echo "{MARK} log {j.name}"; cat {shlex.quote(j.log)}; }}\n' for j in lay.jobs)
+        f'[ -f {shlex.quote(j.log)} ] && {{ echo {shlex.quote(MARK + " log " + j.name)}; cat -- {shlex.quote(j.log)}; }}\n' for j in lay.jobs)
     text = read_remote(volt_dir, host, port, script, timeout=300)
     return {head[1]: "\n".join(body) for head, body in _sections(text) if head[:1] == ["log"] and len(head) > 1}

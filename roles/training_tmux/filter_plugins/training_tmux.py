@@ -12,6 +12,7 @@ Job names are the data_sync contract: phase03, stage1, stage2, ... (<ready_dir>/
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 
 try:
@@ -20,6 +21,7 @@ except ImportError:  # imported outside Ansible (unit tests)
     AnsibleFilterError = ValueError
 
 EPOCH_TOKEN = "{epoch}"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a shell accepts after `export` (fullmatch)
 
 
 def _scalar(value) -> str:
@@ -63,21 +65,43 @@ def _require(cond: bool, msg: str) -> None:
         raise AnsibleFilterError(f"training_tmux: {msg}")
 
 
+def _one_line(value, where: str) -> str:
+    """A title, path or pattern that lands in a script's comments, a log line or a status file: no newline or control
+    character (a newline would start a new key=value line in a status file). Everything else is quoted where it is used."""
+    text = str(value)
+    _require(not any(ord(c) < 32 or ord(c) == 127 for c in text), f"{where} must be one line (no newline or control character), got {text!r}")
+    return text
+
+
+def _plain_name(value, where: str) -> str:
+    name = str(value)
+    _require(bool(name) and all(c.isalnum() or c in "-_" for c in name), f"{where} must be a plain name (letters, digits, - or _), got {name!r}")
+    return name
+
+
+def _env(env) -> list[list[str]]:
+    """training_tmux_env -> [[name, value]]: each name is checked, since it is written unquoted after `export`."""
+    _require(isinstance(env, dict), f"training_tmux_env must be a mapping of NAME: value, not {type(env).__name__}")
+    for key in env:
+        _require(isinstance(key, str) and bool(ENV_NAME.fullmatch(key)),
+                 f"training_tmux_env key {key!r} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*): rename it")
+    return [[key, str(value)] for key, value in env.items()]
+
+
 def _job(defn: dict, args: dict, where: str, kind: dict, s: dict) -> dict:
-    name = str(defn.get("name", ""))
-    _require(bool(name) and all(c.isalnum() or c in "-_" for c in name), f"{where}.name must be a plain name (letters, digits, - or _), got {name!r}")
+    name = _plain_name(defn.get("name", ""), f"{where}.name")
     _require(bool(kind.get("bin")), f"{where}: bin (the binary under {s['bin_dir']}) is missing")
     _require(bool(defn.get("log")), f"{where}.log (the job's log file) is missing")
     out_flag = kind.get("output")
     outputs = _values(args, out_flag) if out_flag else []
     _require(len(outputs) == 1, f"{where}: the output flag {out_flag!r} must have exactly one value, got {outputs or 'none'}")
-    output = outputs[0]
-    inputs = [v for flag in kind.get("inputs", []) for v in _values(args, flag)]
+    output = _one_line(outputs[0], f"{where}: the output ({out_flag})")
+    inputs = [_one_line(v, f"{where}: input {flag}") for flag in kind.get("inputs", []) for v in _values(args, flag)]
     for flag in kind.get("inputs", []):
         _require(bool(_values(args, flag)), f"{where}: input flag {flag} has no value (set it in args)")
     argv = training_tmux_argv(args, f"{where}.args")
-    bin_path = posixpath.join(s["bin_dir"], str(kind["bin"]))
-    batch_flag = kind.get("batch_flag")
+    bin_path = posixpath.join(s["bin_dir"], _one_line(kind["bin"], f"{where}: bin"))
+    batch_flag = _one_line(kind["batch_flag"], f"{where}: batch_flag") if kind.get("batch_flag") else None
     batches: list[int] = []
     if batch_flag and _values(args, batch_flag):
         first = int(_values(args, batch_flag)[0])
@@ -85,6 +109,7 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict) -> dict:
     epoch = None
     template = kind.get("epoch_checkpoint")
     if template:
+        template = _one_line(template, f"{where}: epoch_checkpoint")
         _require(EPOCH_TOKEN in template, f"{where}: epoch_checkpoint must contain {EPOCH_TOKEN}, got {template!r}")
         prefix, _, suffix = template.partition(EPOCH_TOKEN)
         edir = posixpath.dirname(output) or "."
@@ -92,30 +117,34 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict) -> dict:
                  "owner": posixpath.join(edir, s["epoch_owner_file"]), "archive": posixpath.join(edir, s["epoch_archive"], name)}
     return {
         "name": name,
-        "title": str(defn.get("title", name)),
+        "title": _one_line(defn.get("title", name), f"{where}.title"),
         "gpu": bool(kind.get("gpu", False)),
         "bin": bin_path,
         "argv": [bin_path, *argv],
         "command": shlex.join([bin_path, *argv]),
         "inputs": inputs,
         "output": output,
-        "log": str(defn["log"]),
+        "log": _one_line(defn["log"], f"{where}.log"),
         "status": posixpath.join(s["status_dir"], f"{name}.status"),
         "script": posixpath.join(s["script_dir"], f"{name}.sh"),
         "script_path": posixpath.join(s["dest"], s["script_dir"], f"{name}.sh"),
         "ready": posixpath.join(s["ready_dir"], name + s["ready_suffix"]),
         "batch_flag": batch_flag if batches else None,
         "batches": batches,
-        "oom_pattern": str(kind.get("oom_pattern", "")) if batches else "",
-        "resume_flag": str(kind.get("resume_flag", "--resume")) if epoch else None,
+        "oom_pattern": _one_line(kind.get("oom_pattern", ""), f"{where}: oom_pattern") if batches else "",
+        "resume_flag": _one_line(kind.get("resume_flag", "--resume"), f"{where}: resume_flag") if epoch else None,
         "epoch": epoch,
         "previous": None,
     }
 
 
-def training_tmux_plan(phase03: dict, curriculum: dict, settings: dict) -> dict:
-    """The group_vars tables + knobs -> {'phase03': job, 'stages': [job, ...], 'chain': {...}} (paths relative to dest)."""
-    s = dict(settings)
+def training_tmux_plan(phase03: dict, curriculum: dict, settings: dict, env=None) -> dict:
+    """The group_vars tables + knobs (+ training_tmux_env) -> {'phase03': job, 'stages': [job, ...], 'chain': {...},
+    'launcher': path, 'dirs': [path], 'env': [[name, value]]} (job paths relative to dest)."""
+    s = {key: _one_line(value, f"training_tmux_{key}") for key, value in settings.items()}
+    for key in ("chain_name", "session"):
+        if key in s:
+            _plain_name(s[key], f"training_tmux_{key}")
     _require(isinstance(phase03, dict), "the Phase 0.3 job (volt_phase03) must be a mapping")
     _require(isinstance(curriculum, dict), "the curriculum (volt_curriculum) must be a mapping")
     p03 = _job(phase03, phase03.get("args") or {}, "volt_phase03", phase03, s)
@@ -143,7 +172,8 @@ def training_tmux_plan(phase03: dict, curriculum: dict, settings: dict) -> dict:
              "script": posixpath.join(s["script_dir"], f"{s['chain_name']}.sh"),
              "script_path": posixpath.join(s["dest"], s["script_dir"], f"{s['chain_name']}.sh")}
     launcher = posixpath.join(s["dest"], s["script_dir"], "launch.sh")
-    return {"phase03": p03, "stages": stages, "chain": chain, "launcher": launcher}
+    dirs = [posixpath.join(s["dest"], s["script_dir"]), posixpath.join(s["dest"], s["status_dir"])]
+    return {"phase03": p03, "stages": stages, "chain": chain, "launcher": launcher, "dirs": dirs, "env": _env(env or {})}
 
 
 def training_tmux_probe_job(job: dict) -> dict:
