@@ -46,12 +46,9 @@ def test_provision_ping_destroy_as_separate_commands(project):
     status = project.cli("status").stdout
     assert "running" in status and "cost so far" in status
 
-    # nothing of the campaign is home: destroy refuses, and --force says what is lost
-    err = one_line_error(project.cli("destroy", "--yes", check=False))
-    assert "not destroying instance 20000001: checkpoints/codebook_code.bin, checkpoints/scaled_vfn_stage1.safetensors" in err
-    assert "destroy --force" in err and len(containers(project)) == 1
-    forced = project.cli("destroy", "--yes", "--force").stdout
-    assert "instance(s) 20000001 destroyed" in forced and "lost (not home): checkpoints/codebook_code.bin" in forced
+    # no job ever ran on it, so nothing can be lost: destroy needs no --force (refusals: tests/test_security_local.py)
+    done = project.cli("destroy", "--yes").stdout
+    assert "instance(s) 20000001 destroyed" in done and "lost" not in done
     assert containers(project) == []
     st = project.state()
     assert st["instance"] is None and st["ledger"][0]["end_reason"] == "destroyed"

@@ -52,7 +52,7 @@ def on_instance(project, command: str) -> str:
 
 
 def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project):
-    drill_spec(project, epochs=8, epoch_ms=3000)
+    drill_spec(project, epochs=10, epoch_ms=3000)  # still training when `finish` is tried right after the recovery
     project.cli("provision")
     project.cli("run", "prepare", timeout=900)
     project.cli("run", "sync")
@@ -70,7 +70,7 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     old_id = state["instance"]["id"]
 
     refused = one_line_error(project.cli("destroy", "--yes", check=False))
-    assert f"not destroying instance {old_id}" in refused and "scaled_vfn_stage1.safetensors" in refused
+    assert f"not destroying instance {old_id}: on the instance, " in refused and "not home yet" in refused  # training goes on
 
     project.cli("local", "preempt")
     preempted = time.time()

@@ -34,7 +34,8 @@ def test_shipped_spec_holds_the_guides_defaults():
         ({"pricing": "interruptible"}, "volt_instance: pricing interruptible needs bid_dph"),
         ({"pricing": "interruptible", "bid_dph": 0.5}, "volt_instance: bid_dph (0.5) must be <= dph_max (0.2)"),
         ({"disk_gb": 100}, "volt_instance: disk_gb (100.0) must be >= disk_gb_min (250.0)"),
-        ({"gpu": "RTX 5090"}, "volt_instance.gpu is not a known key: remove it or fix its spelling"),
+        ({"gpu": "RTX 5090"}, "unknown key `volt_instance.gpu`: remove it or fix its spelling (known: gpu_name, num_gpus,"),
+        ({"cuda_minimum": 12.8}, "unknown key `volt_instance.cuda_minimum` (did you mean `cuda_min`?)"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(changes, expected):

@@ -42,10 +42,15 @@ from pathlib import Path
 
 try:  # the controller has the package; the instance runs this file alone
     from volt_ansible.errors import VoltError
-except ImportError:  # pragma: no cover - exercised on the instance
+    from volt_ansible.ssh import host_key_line
+except ImportError:  # pragma: no cover - exercised on the instance (and by a controller python without the package)
 
     class VoltError(Exception):  # type: ignore[no-redef]
         """A failure the user can act on (one line)."""
+
+    def host_key_line(text: str, who: str, known_hosts: object = None) -> str | None:
+        # still refused (ssh's own last line is shown), only not reworded
+        return None
 
 
 try:
@@ -240,14 +245,110 @@ def _as_bool(value: object, where: str) -> bool:
     raise VoltError(f"{where} = {value!r}: use true or false")
 
 
-def parse_manifest(volt_data: object) -> Manifest:
-    """Validate volt_data; every problem is one line naming the key and the fix."""
+def _did_you_mean(key: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(key), sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# What roles/training_tmux writes under root_remote unless group_vars overrides it (its defaults/main.yml).
+TRAINING_DEFAULTS = {"training_tmux_bin_dir": "target/release", "training_tmux_status_dir": "logs", "training_tmux_script_dir": ".volt-train",
+                     "training_tmux_chain_name": "phase21", "training_tmux_epoch_owner_file": ".volt-epochs",
+                     "training_tmux_epoch_archive": "epochs"}
+
+
+def _flag_values(args: object, flag: object) -> list[str]:
+    value = args.get(flag) if isinstance(args, dict) and flag else None
+    values = value if isinstance(value, list) else [value]
+    return [str(v) for v in values if v not in (None, True, False, "")]
+
+
+def job_paths(jobs_spec: dict) -> tuple[list[tuple[str, str]], set[str]]:
+    """([(path or glob, what it is)], input paths) of the training jobs (volt_phase03, volt_curriculum), relative to the
+    repository on the instance: outputs, epoch checkpoints (next to each stage's output), logs, status files, scripts,
+    binaries. Paths that are absolute or leave the repository are not ours to guard and are left out."""
+    knobs = {**TRAINING_DEFAULTS, **{k: v for k, v in jobs_spec.items() if k in TRAINING_DEFAULTS and isinstance(v, str)}}
+    out: list[tuple[str, str]] = []
+    inputs: set[str] = set()
+
+    def add(path: str, what: str) -> None:
+        path = os.path.normpath(path).replace(os.sep, "/")
+        if not path.startswith("/") and path != "." and not path.startswith("../"):
+            out.append((path, what))
+
+    jobs = []
+    p03, cur = jobs_spec.get("volt_phase03"), jobs_spec.get("volt_curriculum")
+    if isinstance(p03, dict):
+        jobs.append((p03, p03.get("args") or {}, p03, False))
+    if isinstance(cur, dict):
+        common = cur.get("args") if isinstance(cur.get("args"), dict) else {}
+        for st in cur.get("stages") or []:
+            if isinstance(st, dict):
+                jobs.append((st, {**common, **(st.get("args") if isinstance(st.get("args"), dict) else {})}, cur, True))
+    sdir = knobs["training_tmux_status_dir"]
+    for defn, args, kind, epochs in jobs:
+        name = str(defn.get("name") or "?")
+        for flag in kind.get("inputs") or []:
+            inputs.update(os.path.normpath(v) for v in _flag_values(args, flag))
+        if kind.get("bin"):
+            add(f"{knobs['training_tmux_bin_dir']}/{kind['bin']}", f"the binary {kind['bin']}")
+        if defn.get("log"):
+            add(str(defn["log"]), f"the log of job {name}")
+        add(f"{sdir}/{name}.status", f"the status of job {name}")
+        for output in _flag_values(args, kind.get("output")):
+            add(output, f"the output of job {name}")
+            if epochs:
+                edir = os.path.dirname(output) or "."
+                stem, ext = os.path.splitext(os.path.basename(output))
+                add(f"{edir}/{stem}_epoch_*{ext}", f"the epoch checkpoints of job {name}")
+                template = str(kind.get("epoch_checkpoint") or "")
+                if "{epoch}" in template:
+                    add(f"{edir}/{template.replace('{epoch}', '*')}", f"the epoch checkpoints of job {name}")
+                add(f"{edir}/{knobs['training_tmux_epoch_archive']}", "the archived epoch checkpoints")
+                add(f"{edir}/{knobs['training_tmux_epoch_owner_file']}", "the epoch checkpoints' owner file")
+    chain = knobs["training_tmux_chain_name"]
+    add(f"{sdir}/{chain}.status", f"the status of the {chain} chain")
+    add(f"{sdir}/{chain}.log", f"the log of the {chain} chain")
+    add(knobs["training_tmux_script_dir"], "the job scripts")
+    return out, inputs
+
+
+def _check_dests(items: list[Item], raw_items: list, jobs_spec: dict) -> None:
+    """No dest may wipe or overwrite what a training job writes (a dir item goes with rsync --delete)."""
+    import fnmatch
+
+    guarded, inputs = job_paths(jobs_spec)
+    for i, it in enumerate(items):
+        where = _where(i, raw_items[i])
+        d = it.dest
+        ancestors = ["/".join(d.split("/")[:n]) for n in range(1, d.count("/") + 2)]  # d's parents, then d itself
+        for path, what in guarded:
+            is_glob = any(c in path for c in "*?[")
+            inside = any(fnmatch.fnmatchcase(a, path) if is_glob else a == path for a in ancestors)
+            if it.kind == "file":
+                if inside and d not in inputs:
+                    raise VoltError(f"{where}.dest = {d!r} would overwrite {what} ({path}) on the instance: give the item a dest of its own, "
+                                    f"e.g. data/{os.path.basename(d)}")
+                continue
+            contains = (os.path.dirname(path) + "/").startswith(d + "/") if is_glob else path.startswith(d + "/")
+            if inside or contains:
+                how = "is inside" if inside else "contains"
+                raise VoltError(f"{where}.dest = {d + '/'!r} {how} {what} ({path}): a dir item is sent with rsync --delete and would "
+                                f"delete it on the next re-send: give the item a directory of its own, e.g. data/{it.name}/")
+
+
+def parse_manifest(volt_data: object, jobs_spec: dict | None = None) -> Manifest:
+    """Validate volt_data; every problem is one line naming the key and the fix.
+
+    jobs_spec: {volt_phase03, volt_curriculum, training_tmux_* overrides} (group_vars): no dest may reach what the jobs
+    write (outputs, epoch checkpoints, logs, status files), since a dir item is sent with rsync --delete."""
     if not isinstance(volt_data, dict):
         raise VoltError("volt_data is missing or not a mapping: add the volt_data section of group_vars/all.yml (root_remote, local_root, items)")
     known = {"root_remote", "local_root", "job_order", "items"}
     extra = sorted(set(volt_data) - known)
     if extra:
-        raise VoltError(f"volt_data.{extra[0]} is not a known key: use {', '.join(sorted(known))}")
+        raise VoltError(f"volt_data.{extra[0]} is not a known key{_did_you_mean(extra[0], known)}: use {', '.join(sorted(known))}")
     root_remote = str(volt_data.get("root_remote") or DEFAULT_ROOT_REMOTE)
     if not root_remote.startswith("/"):
         raise VoltError(f"volt_data.root_remote = {root_remote!r}: must be an absolute path on the instance (e.g. /root/volt-x)")
@@ -268,7 +369,7 @@ def parse_manifest(volt_data: object) -> Manifest:
             raise VoltError(f"{where} must be a mapping with name, src, dest, kind, jobs")
         extra = sorted(set(raw) - item_keys)
         if extra:
-            raise VoltError(f"{where}.{extra[0]} is not a known key: use {', '.join(sorted(item_keys))}")
+            raise VoltError(f"{where}.{extra[0]} is not a known key{_did_you_mean(extra[0], item_keys)}: use {', '.join(sorted(item_keys))}")
         for key in ("name", "src", "dest"):
             if not raw.get(key) or not isinstance(raw[key], str):
                 raise VoltError(f"{where}.{key} is missing: add it")
@@ -297,12 +398,18 @@ def parse_manifest(volt_data: object) -> Manifest:
             dest += os.path.basename(src)
         dest = dest.rstrip("/")
         parts = dest.split("/")
-        if dest.startswith("/") or not dest or ".." in parts or "" in parts or parts[0] == SYNC_DIR or PARTIAL_DIR in parts:
-            raise VoltError(f"{where}.dest = {raw['dest']!r}: must be a path relative to root_remote ({root_remote}), e.g. data/x.jsonl")
+        if dest in ("", ".") and not raw["dest"].strip().startswith("/"):
+            raise VoltError(f"{where}.dest = {raw['dest']!r} is root_remote itself ({root_remote}): sending there would replace (a dir item: "
+                            f"rsync --delete) the clone, the binaries and the checkpoints: give the item a path of its own, e.g. data/{name}")
+        if dest.startswith("/") or ".." in parts or "." in parts or "" in parts or parts[0] == SYNC_DIR or PARTIAL_DIR in parts:
+            raise VoltError(f"{where}.dest = {raw['dest']!r}: must be a path relative to root_remote ({root_remote}) without . or .. "
+                            "parts, e.g. data/x.jsonl")
         if dest in dests:
             raise VoltError(f"{where}.dest = {dest!r} is also the dest of {dests[dest]}: each item needs its own dest")
         dests[dest] = name
         items.append(Item(name=name, src=src, dest=dest, kind=kind, jobs=list(jobs), compress=compress, enabled=enabled))
+    if jobs_spec:  # first: wiping finished work is the worse outcome
+        _check_dests(items, raw_items, jobs_spec)
     for it in items:  # a dest inside another item's dir would be sent twice and break both digests
         for other in items:
             if other.kind == "dir" and it is not other and it.dest.startswith(other.dest + "/"):
@@ -456,14 +563,15 @@ def _tier(item: Item, job_order: list[str]) -> int:
     return len(job_order) + (0 if item.jobs else 1)  # jobs not in job_order, then items no job needs
 
 
-def preflight(volt_data: object, volt_dir: Path, jobs: list[str] | None = None, progress=None, only_jobs: bool = True) -> Report:
+def preflight(volt_data: object, volt_dir: Path, jobs: list[str] | None = None, progress=None, only_jobs: bool = True,
+              jobs_spec: dict | None = None) -> Report:
     """Check every source before renting: it exists, is readable, is a file or a directory as declared;
     record sizes and digests (cached by path + size + mtime) in <volt_dir>/data-manifest.json.
 
     jobs: these jobs must be able to start; with only_jobs, check only the items they need (default:
-    every enabled item). Raises VoltError (one line).
+    every enabled item). jobs_spec: see parse_manifest. Raises VoltError (one line).
     """
-    m = parse_manifest(volt_data)
+    m = parse_manifest(volt_data, jobs_spec)
     all_jobs = m.jobs()
     by_name = {i.name: i for i in m.items}
     warnings = []
@@ -552,17 +660,18 @@ def check(spec_file: str | os.PathLike = "group_vars/all.yml", volt_dir: str | o
     local_root: instead of volt_data.local_root (the local backend's world keeps its own data).
     Returns a Report (`.lines()` to print, `.items`, `.total_bytes`); raises VoltError with one line.
     """
-    from volt_ansible.spec import read
+    from volt_ansible.spec import parse, read
 
     path = Path(spec_file)
     data = read(path)
     if "volt_data" not in data:
         raise VoltError(f"{path} has no volt_data section: add it (see the volt_data block of the project's group_vars/all.yml)")
+    parse(data, str(path))  # the whole spec (keys, the jobs' numeric flags): check is the last stop before renting
     vdir = Path(volt_dir) if volt_dir is not None else Path(os.environ.get("VOLT_DIR", ".volt"))
     volt_data = data["volt_data"]
     if local_root is not None and isinstance(volt_data, dict):
         volt_data = {**volt_data, "local_root": str(local_root)}
-    return preflight(volt_data, vdir.absolute(), jobs, progress)
+    return preflight(volt_data, vdir.absolute(), jobs, progress, jobs_spec=data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,7 +831,7 @@ def ssh_argv(ssh: dict, control: str | None = None, master: bool = True) -> list
         argv += ["-o", "ControlMaster=no", "-o", f"ControlPath={control}"]
     else:
         argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
-    argv += ["-o", "BatchMode=yes", "-o", "Compression=no", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+    argv += ["-o", "BatchMode=yes", "-o", "ForwardAgent=no", "-o", "Compression=no", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
              "-o", f"ConnectTimeout={int(ssh.get('connect_timeout', 20))}"]
     if ssh.get("port"):
         argv += ["-p", str(ssh["port"])]
@@ -733,6 +842,11 @@ def ssh_argv(ssh: dict, control: str | None = None, master: bool = True) -> list
     for extra in ssh.get("args") or []:
         argv += shlex.split(str(extra or ""))
     return argv
+
+
+def _refused(ssh: dict, stderr: str) -> str | None:
+    """ssh.host_key_line for this connection: a changed host key is never retried."""
+    return host_key_line(stderr, f"the instance at {ssh.get('host')}:{ssh.get('port') or 22}")
 
 
 def probe_instance(req: dict, items: list[dict]) -> dict:
@@ -746,9 +860,13 @@ def probe_instance(req: dict, items: list[dict]) -> dict:
         p = subprocess.run([*ssh_argv(req["ssh"]), host, line], input=Path(__file__).read_bytes(), capture_output=True)
         if p.returncode == 0:
             return json.loads(p.stdout.decode().strip().splitlines()[-1])
-        last = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        err = p.stderr.decode(errors="replace")
+        last = (err.strip().splitlines() or [f"exit {p.returncode}"])[-1]
         if p.returncode != 255:
             raise VoltError(f"probing {host} failed: {last}: is python3 installed there (run the bootstrap role)?")
+        refused = _refused(req["ssh"], err)
+        if refused:
+            raise VoltError(refused)
         time.sleep(2 * (attempt + 1))
     raise VoltError(f"cannot reach {host} over SSH: {last}")
 
@@ -845,9 +963,13 @@ class Driver:
             p = self._run([*ssh_argv(self.ssh, self.control), host, line], stdin=self.engine)
             if p.returncode == 0:
                 return json.loads(p.stdout.decode().strip().splitlines()[-1])
-            last = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit {p.returncode}"])[-1]
+            err = p.stderr.decode(errors="replace")
+            last = (err.strip().splitlines() or [f"exit {p.returncode}"])[-1]
             if p.returncode != 255:  # python failed on the instance: not a connection problem
                 raise VoltError(f"{command} on the instance failed: {last}")
+            refused = _refused(self.ssh, err)
+            if refused:
+                raise VoltError(refused)
             self.log(f"ssh failed ({last}); retry {attempt + 1}")
             self._sleep(self._delay(attempt))
         raise VoltError(f"ssh to {host} kept failing: {last}")
@@ -890,7 +1012,8 @@ class Driver:
             p = self._run(argv)
             seconds = time.time() - t0
             stats = _parse_stats(p.stdout.decode(errors="replace"))
-            err = (p.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+            stderr = p.stderr.decode(errors="replace")
+            err = (stderr.strip().splitlines() or [""])[-1]
             rec = {"rc": p.returncode, "seconds": round(seconds, 3), "force": force, "error": err if p.returncode else None, **stats}
             with self.lock:
                 st = self.status["items"][name]
@@ -902,6 +1025,10 @@ class Driver:
                 self.log(f"sent {name} in {seconds:.1f}s ({human(stats['sent'] or 0)} on the wire)")
                 return True
             if self.stopping.is_set():
+                return False
+            refused = _refused(self.ssh, stderr)
+            if refused:
+                self.fail(name, refused)
                 return False
             if p.returncode not in RSYNC_NETWORK_RC and p.returncode >= 0:
                 self.fail(name, f"{name}: rsync to {self.ssh['host']} failed (rc={p.returncode}): {err}")
@@ -1038,7 +1165,8 @@ class Driver:
         except Exception as e:  # the status file must say why the driver stopped
             with self.lock:
                 self.status["state"] = "failed"
-                self.status["error"] = self.status["error"] or f"data_sync driver crashed: {type(e).__name__}: {e}"
+                self.status["error"] = self.status["error"] or (str(e) if isinstance(e, VoltError) else
+                                                                f"data_sync driver crashed: {type(e).__name__}: {e}")
             self.save()
             raise
         finally:
@@ -1155,7 +1283,9 @@ def main(argv: list[str] | None = None) -> int:
             # {"volt_data": ..., "probe": {"ssh", "root", "reverify", "remote_python"}}, or the volt_data alone
             volt_data = request.get("volt_data", request) if isinstance(request, dict) else request
             # every enabled item is sent; --jobs only says which jobs must be able to start
-            report = preflight(volt_data, Path(a.volt_dir).absolute(), [j for j in a.jobs.split(",") if j] or None, only_jobs=False)
+            jobs_spec = request.get("jobs") if isinstance(request, dict) and isinstance(request.get("jobs"), dict) else None
+            report = preflight(volt_data, Path(a.volt_dir).absolute(), [j for j in a.jobs.split(",") if j] or None, only_jobs=False,
+                               jobs_spec=jobs_spec)
             plan = report.plan()
             plan["local_rsync"] = local_rsync()
             if isinstance(request, dict) and request.get("probe"):

@@ -72,6 +72,13 @@ def default_dir(project_root: str | os.PathLike, campaign: str) -> Path:
     return Path(project_root) / "runs" / campaign
 
 
+def private(local_dir: str | os.PathLike) -> None:
+    """The backup directory holds the model weights: 0700 (and its staging dir), even when it existed with wider bits."""
+    for d in (Path(local_dir), Path(local_dir) / STAGING):
+        if d.is_dir() and d.stat().st_mode & 0o077:
+            d.chmod(0o700)
+
+
 def manifest_path(local_dir: str | os.PathLike) -> Path:
     return Path(local_dir) / MANIFEST
 
@@ -135,7 +142,7 @@ def write(local_dir: str | os.PathLike, manifest: dict) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -287,7 +294,8 @@ def check_dir(local_dir: str | os.PathLike, min_free_mb: float = 0, need_bytes: 
     need_bytes more land. Raises HomeError (one line) otherwise; returns {dir, free_bytes}."""
     local_dir = Path(local_dir).expanduser()
     try:
-        (local_dir / STAGING).mkdir(parents=True, exist_ok=True)
+        (local_dir / STAGING).mkdir(mode=0o700, parents=True, exist_ok=True)
+        private(local_dir)
         fd, probe = tempfile.mkstemp(dir=str(local_dir), prefix=".write-test.")
         os.close(fd)
         os.unlink(probe)

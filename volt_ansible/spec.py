@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -90,11 +92,101 @@ def _describe(err: dict, data: dict) -> str:
     return f"{key} = {value!r}: {msg}"
 
 
+# Every top-level volt_* key some part of volt-ansible reads; any other volt_* key is a typo.
+KNOWN_TOP = ("volt_campaign", "volt_instance", "volt_provision", "volt_watch", "volt_phase03", "volt_curriculum", "volt_data")
+SECTIONS = {"volt_instance": InstanceSpec, "volt_provision": ProvisionSpec, "volt_watch": WatchSpec}
+
+
+def _unknown(where: str, key: object, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    if close:
+        return f"unknown key `{where}{key}` (did you mean `{close[0]}`?)"
+    return f"unknown key `{where}{key}`: remove it or fix its spelling (known: {', '.join(known)})"
+
+
+def unknown_keys(data: dict) -> str | None:
+    """The first unknown key of the sections Python knows (top-level volt_*, volt_instance, volt_provision, volt_watch)."""
+    for key in data:
+        if str(key).startswith("volt_") and key not in KNOWN_TOP:
+            return _unknown("", key, list(KNOWN_TOP))
+    for section, model in SECTIONS.items():
+        if isinstance(data.get(section), dict):
+            fields = list(model.model_fields)
+            for key in data[section]:
+                if key not in fields:
+                    return _unknown(section + ".", key, fields)
+    return None
+
+
+# --- the training jobs' numeric flags (volt_phase03 / volt_curriculum `numeric_flags`) ------------------------------
+# What the binaries' parsers accept (Rust's FromStr for u64/i64/f64): a value they cannot parse panics after renting.
+NUMERIC = {
+    "uint": (re.compile(r"\+?[0-9]+"), "a whole number >= 0 (e.g. 10)"),
+    "int": (re.compile(r"[+-]?[0-9]+"), "a whole number (e.g. 10)"),
+    "float": (re.compile(r"[+-]?(?:inf|infinity|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)", re.IGNORECASE),
+              "a number (e.g. 1e-4 or 0.0001)"),
+}
+
+
+def _numeric_flags(table: dict, where: str) -> dict[str, str]:
+    flags = table.get("numeric_flags") or {}
+    if not isinstance(flags, dict):
+        raise VoltError(f"{where}.numeric_flags = {flags!r}: must be a mapping of flag: {' | '.join(NUMERIC)} (e.g. --epochs: uint)")
+    for flag, kind in flags.items():
+        if kind not in NUMERIC:
+            raise VoltError(f"{where}.numeric_flags.{flag} = {kind!r}: use one of {', '.join(NUMERIC)}")
+    return {str(k): str(v) for k, v in flags.items()}
+
+
+def _check_value(job: str, flag: str, value: object, kind: str, where: str) -> None:
+    pattern, says = NUMERIC[kind]
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is None or v is False:
+            continue
+        ok = v is not True and not isinstance(v, dict | list) and bool(pattern.fullmatch(str(v)))
+        if ok and kind != "float":
+            ok = -(2**63) <= int(str(v)) < 2**64
+        if not ok:
+            shown = "true (the flag alone)" if v is True else repr(v)
+            raise VoltError(f"job {job}: {flag} = {shown} is not {kind} ({says}), the binary cannot parse it: fix {where}.{flag}")
+
+
+def check_jobs(data: dict) -> None:
+    """Every value of a flag listed in numeric_flags parses as the binary's type (before anything is rented)."""
+    p03, cur = data.get("volt_phase03"), data.get("volt_curriculum")
+    if isinstance(p03, dict) and isinstance(p03.get("args"), dict):
+        flags = _numeric_flags(p03, "volt_phase03")
+        for flag, kind in flags.items():
+            if flag in p03["args"]:
+                _check_value(str(p03.get("name", "phase03")), flag, p03["args"][flag], kind, "volt_phase03.args")
+    if isinstance(cur, dict):
+        flags = _numeric_flags(cur, "volt_curriculum")
+        common = cur.get("args") if isinstance(cur.get("args"), dict) else {}
+        for i, st in enumerate(cur.get("stages") or []):
+            if not isinstance(st, dict):
+                continue
+            own = st.get("args") if isinstance(st.get("args"), dict) else {}
+            for flag, kind in flags.items():
+                if flag in own:
+                    _check_value(str(st.get("name", f"stage{i + 1}")), flag, own[flag], kind, f"volt_curriculum.stages[{i}].args")
+                elif flag in common:
+                    _check_value(str(st.get("name", f"stage{i + 1}")), flag, common[flag], kind, "volt_curriculum.args")
+
+
 def parse(data: dict, source: str = str(SPEC_FILE)) -> Spec:
+    """The validated spec, or one line: unknown keys first (with the likely intended key), then missing or bad values."""
+    if problem := unknown_keys(data):
+        raise VoltError(f"{source}: {problem}")
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
     except ValidationError as e:
         raise VoltError(f"{source}: {_describe(e.errors()[0], data)}") from None
+    try:
+        check_jobs(data)
+    except VoltError as e:
+        raise VoltError(f"{source}: {e}") from None
+    return spec
 
 
 def read(path: Path = SPEC_FILE) -> dict:
