@@ -21,8 +21,24 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import volt_ansible.cli, ansible_runner, vastai' # fail here, not later, if the install broke
+# The exact versions the tests passed with (constraints.txt, made by scripts/constraints.sh). Skipped when .venv was
+# installed from these very files and still imports: a second run costs nothing.
+stamp=.venv/.volt-install
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c 'import volt_ansible.cli, ansible_runner, vastai' 2>/dev/null; then
+  rm -f "$stamp"
+  # pip's own exit status decides (PIPESTATUS), not the filter's: a failed install stops setup here.
+  set +e
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | grep -v '^WARNING: Location'
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$rc" -ne 0 ]; then
+    echo "setup: pip install failed (exit $rc, see above): nothing else was done; fix it and run scripts/setup.sh again" >&2
+    exit "$rc"
+  fi
+  .venv/bin/python -c 'import volt_ansible.cli, ansible_runner, vastai' # fail here, not later, if the install broke
+  echo "$want" > "$stamp"
+fi
 
 export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
 .venv/bin/volt-ansible local image host >/dev/null   # debootstrap once (~1 min), then cached by recipe

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +11,25 @@ from typing import Literal
 
 import requests
 
+from volt_ansible import crashpoints
 from volt_ansible.errors import VoltError
 from volt_ansible.spec import InstanceSpec
 
 Backend = Literal["vast", "local"]
+
+# VAST_API_KEY and any other VAST_*KEY/TOKEN/SECRET/PASSWORD: held in this process's memory only, never left in
+# os.environ, which every child inherits and ansible-runner records whole (artifacts/<id>/command, env.list).
+SECRET_ENV = re.compile(r"^VAST_(?:.*_)?(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASS)(?:_.*)?$")
+_secrets: dict[str, str] = {}
+
+
+def take_secrets() -> dict[str, str]:
+    """Move the Vast secrets out of os.environ (idempotent); returns what this process holds."""
+    for name in [k for k in os.environ if SECRET_ENV.match(k)]:
+        _secrets[name] = os.environ.pop(name)
+    return _secrets
+
+
 DEAD_STATUSES = {"exited", "offline", "unknown"}  # never become running again (SDK contract)
 
 
@@ -98,12 +115,15 @@ class Vast:
             self.double = LocalVast(volt_dir / "local", world)
             self._server = DoubleServer(self.double)
             api_key, url = self.double.api_key, self._server.url
+        else:
+            api_key = take_secrets().get("VAST_API_KEY") or None  # None: the SDK reads its key file
         try:
             self.sdk = VastAI(api_key=api_key, server_url=url, raw=True, quiet=True)
         except RuntimeError:
             raise VoltError(
                 "no Vast API key: export VAST_API_KEY=<key> (or run `vastai set api-key <key>` once); for the local test world use --backend local"
             ) from None
+        take_secrets()  # the client holds the key now: no child process (ansible, ssh, rsync) inherits it
 
     def close(self) -> None:
         if self._server:
@@ -142,6 +162,7 @@ class Vast:
 
     def create(self, offer_id: int, spec: InstanceSpec, label: str) -> int:
         kw = {"bid_price": spec.bid_dph} if spec.pricing == "interruptible" else {}
+        crashpoints.here("create.request")
         res = self._call(
             f"create instance on offer {offer_id}",
             self.sdk.create_instance,
@@ -153,10 +174,28 @@ class Vast:
             direct=True,
             **kw,
         )
+        crashpoints.here("create.answered")
         if not res or not res.get("success") or not res.get("new_contract"):
             msg = (res or {}).get("msg") or (res or {}).get("error") or "no reason given"
             raise VoltError(f"Vast refused to create an instance on offer {offer_id}: {msg}; pick another with --offer or run again")
         return int(res["new_contract"])
+
+    def instances(self) -> list[dict]:
+        """Every instance of the account (the v1 listing, all pages). Anything but a list of rows is an error: a tool that
+        read a malformed answer as "no instances" would rent duplicates or leave one billing."""
+        rows: list[dict] = []
+        params: dict = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
+        for _ in range(1000):
+            page = self._call("list instances", self.sdk.show_instances_v1, params)
+            found = page.get("instances") if isinstance(page, dict) else None
+            if not isinstance(found, list) or not all(isinstance(r, dict) and isinstance(r.get("id"), int) for r in found):
+                raise VoltError(f"list instances: the Vast API answered something that is not a list of instances ({str(page)[:120]!r}); "
+                                "nothing was changed: run it again, and check https://cloud.vast.ai/instances/ if it persists")
+            rows += found
+            if not page.get("next_token"):
+                return rows
+            params["after_token"] = page["next_token"]
+        raise VoltError("list instances: the Vast API kept paging past 25000 instances; nothing was changed")
 
     def attach_ssh(self, instance_id: int, public_key: str) -> None:
         self._call(f"attach SSH key to instance {instance_id}", self.sdk.attach_ssh, instance_id, public_key)

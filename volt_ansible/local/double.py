@@ -38,12 +38,14 @@ class LocalVast:
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(24))
+        elif p.stat().st_mode & 0o077:  # made by an older version, or copied: the key is the operator's alone
+            p.chmod(0o600)
         return p.read_text().strip()
 
     @contextmanager
     def store(self) -> Iterator[dict]:
         """Locked read-modify-write of the double's own JSON file."""
-        with open(self.dir / "vast.lock", "w") as lock:
+        with open(os.open(self.dir / "vast.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             p = self.dir / "vast.json"
             data = json.loads(p.read_text()) if p.exists() else {}
@@ -52,7 +54,10 @@ class LocalVast:
             data.setdefault("faults", {"http": [], "next_create": [], "dph_factor": 1.0, "loading_s": 0.5})
             yield data
             tmp = p.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # instances, ports, attached keys: private
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), 0o600)  # a .tmp left by a killed run may have wider bits
+                f.write(json.dumps(data, indent=1))
             os.replace(tmp, p)
 
     # -- test hooks ----------------------------------------------------------------------------
@@ -68,6 +73,16 @@ class LocalVast:
                     s["faults"]["http"] = [f for f in s["faults"]["http"] if f["count"] > 0]
                     return fault
         return None
+
+    def add_after_create_fault(self, status: int) -> None:
+        """The next successful create answers `status` (e.g. 502) instead: the instance exists, the client never hears it."""
+        with self.store() as s:
+            s["faults"].setdefault("after_create", []).append(status)
+
+    def take_after_create_fault(self) -> int | None:
+        with self.store() as s:
+            pending = s["faults"].get("after_create") or []
+            return pending.pop(0) if pending else None
 
     def set_next_create(self, behaviour: str) -> None:
         """'never_running', 'exits', 'offline' or 'no_sshd' for the next created instance."""
@@ -152,6 +167,8 @@ class LocalVast:
             status = inst["forced_status"]
         elif inst["behaviour"] == "offline":
             status = "offline"
+        elif not inst["ssh_port"]:  # its container is still being started (or its creator died doing so): Vast says loading
+            status = "loading"
         elif not self._container_running(inst["container"]):
             status = "exited"
         elif inst["behaviour"] == "never_running" or time.time() - inst["start_date"] < loading_s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import threading
@@ -9,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from volt_ansible.local.double import LocalVast
+
+MAX_BODY = 1 << 20  # the SDK's largest request is a few KB: anything bigger is refused unread (413)
 
 ROUTES = [
     ("POST", r"/api/v0/bundles/?", "search"),
@@ -41,10 +44,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-        if self.headers.get("Authorization") != f"Bearer {self.double.api_key}":
+        # Auth first, in constant time, before a byte of the body is read: an unauthenticated client costs nothing.
+        sent = (self.headers.get("Authorization") or "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {self.double.api_key}".encode()):
+            self.close_connection = True
             return self._send(401, {"success": False, "error": "auth_error", "msg": "Invalid user key"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True  # the body is never read: the connection cannot be reused
+            status = 413 if length > MAX_BODY else 400
+            return self._send(status, {"success": False, "error": "bad_request",
+                                       "msg": f"Content-Length must be 0..{MAX_BODY} bytes, got {self.headers.get('Content-Length')!r}"})
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+        except ValueError:
+            return self._send(400, {"success": False, "error": "bad_request", "msg": "the body is not JSON"})
         if not url.path.startswith("/_test/") and (fault := self.double.take_http_fault(url.path)):
             return self._send(fault["status"], fault["body"] or {"success": False, "error": "injected"}, {"Retry-After": "0"})
         for verb, pattern, name in ROUTES:
@@ -75,7 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
     def op_create(self, offer_id: str, body: dict, query: dict) -> None:
         if not body.get("image"):
             return self._send(400, {"success": False, "error": "invalid_args", "msg": "image is required"})
-        self._send(200, self.double.create(int(offer_id), body))
+        res = self.double.create(int(offer_id), body)
+        if res.get("success") and (status := self.double.take_after_create_fault()):
+            # Vast made the instance, then the answer was lost on the way (a gateway error): the SDK retries the create
+            return self._send(status, {"success": False, "error": "bad_gateway", "msg": "Bad Gateway"}, {"Retry-After": "0"})
+        self._send(200, res)
 
     def op_show(self, iid: str, body: dict, query: dict) -> None:
         self._send(200, {"instances": self.double.instance(int(iid))})
@@ -90,8 +111,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200 if res["success"] else 404, res)
 
     def op_list(self, body: dict, query: dict) -> None:
-        rows = self.double.instances()
-        self._send(200, {"instances": rows, "next_token": None, "total_instances": len(rows)})
+        rows = sorted(self.double.instances(), key=lambda r: r["id"])
+        limit = max(1, min(int(query.get("limit") or 25), 100))
+        after = int(query.get("after_token") or 0)
+        page = [r for r in rows if r["id"] > after][:limit]
+        more = len([r for r in rows if r["id"] > after]) > limit
+        self._send(200, {"instances": page, "next_token": str(page[-1]["id"]) if more else None, "total_instances": len(rows)})
 
     def op_user(self, body: dict, query: dict) -> None:
         self._send(200, {"id": 1, "username": "local", "email": "local@localhost", "credit": 100.0, "balance": 0.0})
@@ -105,6 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.double.add_http_fault(**body["http"])
         if "next_create" in body:
             self.double.set_next_create(body["next_create"])
+        if "after_create" in body:
+            self.double.add_after_create_fault(int(body["after_create"]))
         extra = {k: body[k] for k in ("dph_factor", "loading_s") if k in body}
         if extra:
             self.double.set_faults(**extra)
