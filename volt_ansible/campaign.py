@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from volt_ansible import ledger, recovery, rent, ssh
+from volt_ansible import ledger, notices, reconcile, recovery, rent, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.errors import VoltError
@@ -30,9 +30,23 @@ def plan(backend: Backend, offer_id: int | None = None) -> rent.Plan:
         return rent.choose(vast, spec, offer_id)
 
 
+def reconciled(always: bool = True) -> tuple[State, list[str]]:
+    """The state after checking it against the account's instances (reconcile.run): always for the commands that talk to
+    the API anyway, for the others only while a create is pending. Returns the lines about instances rented elsewhere."""
+    state = state_mod.load()
+    lines: list[str] = []
+    if always or state.creating is not None:
+        for backend in sorted(state.backends()):
+            with Vast(backend, state_mod.volt_dir()) as vast:  # type: ignore[arg-type]
+                lines += reconcile.run(state, vast, notices.say).lines()
+    return state, lines
+
+
 def provision(backend: Backend, offer_id: int | None = None, progress: Progress = rent.quiet) -> Instance:
     spec = spec_mod.load()
-    state = state_mod.load()
+    state, _ = reconciled()
+    if state.instance is not None and not state.instance.ready:  # adopted after an interrupted create, or a rent cut short
+        return rent.resume(spec, state, progress)
     if state.instance is not None:
         raise VoltError(f"instance {state.instance.id} ({state.instance.backend}) is already provisioned: use it, or `volt-ansible destroy` it first")
     return rent.rent(backend, spec, state, project_root(), offer_id, progress)
@@ -43,17 +57,18 @@ class Status:
     state: State
     live: dict | None
     cost_usd: float
+    elsewhere: list[str]  # this campaign's instances rented from another checkout
 
 
 def status() -> Status:
-    state = state_mod.load()
+    state, elsewhere = reconciled()
     live = None
     if state.instance is not None:
         with Vast(state.instance.backend, state_mod.volt_dir()) as vast:
             live = vast.show(state.instance.id)
         if live is not None and live.get("actual_status") and live["actual_status"] != state.instance.status:
             rent.record(state, status=live["actual_status"])
-    return Status(state, live, state.total_cost())
+    return Status(state, live, state.total_cost(), elsewhere)
 
 
 def _required() -> list[str]:
@@ -73,22 +88,91 @@ def not_home() -> list[str]:
 @dataclass
 class Destroyed:
     ids: list[int]
-    lost: list[str]  # outputs that were not home (destroy --force)
+    lost: list[str]  # what existed and was not home (destroy --force): files on the instance, or the spec's outputs
     newest_epoch: dict | None
+    note: str = ""  # how `lost` was judged when the instance could not be read
+
+
+def instance_files(inst: Instance) -> dict[str, tuple[int, int]]:
+    """{path: (size, mtime s)} of what the jobs wrote on the instance and backup brings home (outputs, epoch
+    checkpoints live and archived, the jobs' and the chain's logs), relative to the repository, in one ssh round trip.
+    Raises VoltError when the instance cannot be read."""
+    import posixpath
+    import shlex
+
+    from volt_ansible import jobs
+
+    lay = jobs.layout(project_root())
+    archive = str(spec_mod.read().get("training_tmux_epoch_archive") or "epochs")
+    q = shlex.quote
+    files = [j.output for j in lay.jobs if j.output] + [j.log for j in [*lay.jobs, lay.chain]]
+    globs = []
+    for d in sorted({posixpath.dirname(j.output) or "." for j in lay.stages if j.output}):
+        globs += [f"{q(d)}/{q(lay.epoch_prefix)}*{q(lay.epoch_suffix)}", f"{q(d)}/{q(archive)}/*/{q(lay.epoch_prefix)}*{q(lay.epoch_suffix)}"]
+    script = "\n".join([
+        f"M={q(jobs.MARK)}",
+        f'cd {q(lay.dest)} 2>/dev/null || {{ echo "$M end"; exit 0; }}',  # no repository: nothing was ever written
+        'echo "$M files"',
+        f'for f in {" ".join([*map(q, files), *globs])}; do [ -f "$f" ] && stat -c "%s %Y %n" "$f"; done',
+        'echo "$M end"',
+    ]) + "\n"
+    text = jobs.read_remote(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port, script, timeout=30)
+    if f"{jobs.MARK} end" not in text:
+        raise VoltError("incomplete answer")
+    found: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        size, _, rest = line.partition(" ")
+        mtime, _, path = rest.partition(" ")
+        if size.isdigit() and mtime.isdigit() and path:
+            found[posixpath.normpath(path)] = (int(size), int(mtime))
+    return found
+
+
+def not_home_on(files: dict[str, tuple[int, int]]) -> list[str]:
+    """The instance's files (instance_files) that are not home: no entry in home.json for that instance path (the
+    backup's src, or its path at home), on disk with the same size and the same modification time."""
+    from volt_ansible import home
+
+    held: dict[str, set[tuple[int, int]]] = {}
+    for e in home.entries(backup_dir()):
+        key = (e.get("size"), int(e.get("mtime_ns") or 0) // 10**9)
+        for p in {e.get("src"), e.get("path")} - {None}:
+            held.setdefault(str(p), set()).add(key)
+    return [p for p, key in sorted(files.items()) if key not in held.get(p, set())]
+
+
+def _at_risk(state: State) -> tuple[list[str], str]:
+    """(what destroying would lose, "" or how that was judged when the instance could not be read)."""
+    inst = state.instance
+    if inst is not None and inst.ssh_port:
+        try:
+            return not_home_on(instance_files(inst)), ""
+        except VoltError as e:
+            why = f"instance {inst.id} cannot be read over ssh ({e})"
+    else:
+        why = "no reachable instance is recorded"
+    return not_home(), f"{why}: judged by the spec's outputs instead"
+
+
+def _listed(paths: list[str], n: int = 6) -> str:
+    return ", ".join(paths[:n]) + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
 def destroy(force: bool = False, reason: str = "destroyed") -> Destroyed:
-    """Destroy the instance and any kept after a preemption. Refused while outputs are not home, unless force."""
+    """Destroy the instance and any kept after a preemption. Refused while something the jobs wrote on the instance
+    (outputs, epoch checkpoints, logs) is not home, unless force; when the instance cannot be read, while the spec's
+    outputs are not home."""
     from volt_ansible import home
 
-    state = state_mod.load()
-    targets = [i for i in [state.instance, *state.retired] if i is not None]
+    state, _ = reconciled()
+    targets = state.owned()
     if not targets:
         raise VoltError(f"no instance to destroy: {state_mod.path()} records none (see `volt-ansible status`)")
-    missing = not_home()
+    missing, note = _at_risk(state)
     if missing and not force:
+        where = f"{note}: " if note else "on the instance, "
         raise VoltError(
-            f"not destroying instance {targets[0].id}: {', '.join(missing)} not home yet; run `volt-ansible backup` (or "
+            f"not destroying instance {targets[0].id}: {where}{_listed(missing)} not home yet; run `volt-ansible backup` (or "
             f"`volt-ansible finish` once training is done), or `volt-ansible destroy --force` to lose them"
         )
     newest = home.summary(backup_dir()).get("newest_epoch")
@@ -106,13 +190,16 @@ def destroy(force: bool = False, reason: str = "destroyed") -> Destroyed:
             state.recovery = None  # nothing left to recover onto or from
         state_mod.save(state)
         done.append(inst.id)
-    return Destroyed(done, missing, newest)
+    return Destroyed(done, missing, newest, note)
 
 
 def ssh_command(extra: list[str]) -> list[str]:
-    state = state_mod.load()
+    from volt_ansible import jobs
+
+    state, _ = reconciled(always=False)
     if state.instance is None or not state.instance.ssh_port:
         raise VoltError("no instance to connect to: run `volt-ansible provision` first")
+    jobs.check_host_key(state_mod.volt_dir(), state.instance.ssh_host, state.instance.ssh_port)
     return ssh.command(state_mod.volt_dir(), state.instance.ssh_host, state.instance.ssh_port) + extra
 
 
@@ -129,6 +216,7 @@ def run_playbook(name: str, extravars: dict | None = None, on_task=None, limit: 
     from volt_ansible import playbook as pb
 
     root = project_root()
+    reconciled(always=False)
     return pb.run(root, pb.resolve(root, name), state_mod.volt_dir(), extravars or {}, on_task=on_task, limit=limit)
 
 
@@ -150,7 +238,7 @@ def backup(on_task=None):
 
 
 def _instance_endpoint() -> tuple[str, int]:
-    state = state_mod.load()
+    state, _ = reconciled(always=False)
     if state.instance is None or not state.instance.ssh_port:
         raise VoltError("no instance: run `volt-ansible provision` first")
     return state.instance.ssh_host, state.instance.ssh_port
@@ -167,6 +255,7 @@ def logs_command(job: str | None, follow: bool, lines: int, tty: bool) -> list[s
     from volt_ansible import jobs
 
     host, port = _instance_endpoint()
+    jobs.check_host_key(state_mod.volt_dir(), host, port)
     return jobs.logs_command(state_mod.volt_dir(), host, port, job=job, follow=follow, lines=lines, lay=jobs.layout(project_root()), tty=tty)
 
 
@@ -196,7 +285,9 @@ def _run_ok(name: str, extravars: dict, progress: Progress, then: str) -> None:
     """Run a playbook; a failure becomes one line naming the task and what to do next."""
     result = run_playbook(name, extravars, on_task=lambda task, n: progress(f"{name} [{n}] {task}"))
     if result.rc != 0:
-        f = result.failures[0] if result.failures else None
+        f = next((f for f in result.failures if f.host_key), result.failures[0] if result.failures else None)
+        if f and f.host_key:  # trying again would not help: the line says what to do
+            raise VoltError(f.msg)
         why = f"task '{f.task}' on {f.host}: {f.msg}" if f else f"ansible-playbook exited {result.rc}"
         raise VoltError(f"{name} failed ({why}; log {result.log}); {then}")
 
@@ -228,6 +319,10 @@ def health(state: State, vast: Vast) -> tuple[str, dict | None]:
     live, now = vast.show(inst.id), time.time()
     if live is not None and live.get("actual_status") == "running" and inst.ssh_port:
         ok = ssh.can_login(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
+        if not ok:  # a changed host key is no outage: say so every round, never rent a replacement over it
+            from volt_ansible import jobs
+
+            jobs.check_host_key(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
         if ok != (inst.unreachable_since is None):
             rent.record(state, unreachable_since=None if ok else now)
     return recovery.lost_reason(live, state.instance.unreachable_since, spec_mod.load().watch.ssh_dead_s, now), live
@@ -248,7 +343,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
     from volt_ansible import jobs
 
     t0 = time.monotonic()
-    root, spec, state = project_root(), spec_mod.load(), state_mod.load()
+    root, spec, (state, _) = project_root(), spec_mod.load(), reconciled()
     volt_dir, local = state_mod.volt_dir(), backup_dir()
     lay = jobs.layout(root)
     again = "run `volt-ansible recover` again: it continues where it stopped"
@@ -343,7 +438,7 @@ def finish(progress: Progress = rent.quiet) -> Finished:
     """Everything home and verified -> destroy the instance (and any kept after a preemption), print the summary."""
     from volt_ansible import home
 
-    state = state_mod.load()
+    state, _ = reconciled()
     if state.instance is None and not state.retired:
         raise VoltError("no instance to finish: nothing is rented (`volt-ansible status`)")
     live = None
@@ -379,8 +474,11 @@ class Round:
 
 def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, progress: Progress = rent.quiet) -> Round:
     """One look at the campaign: health (recover when lost), backup when due, jobs, cost and budget, finish when done."""
-    spec, state = spec_mod.load(), state_mod.load()
-    out: list[str] = []
+    spec = spec_mod.load()
+    try:
+        state, out = reconciled()
+    except VoltError as e:
+        return Round([f"warning: {e} (checked again next round)"])
     if state.stopped:
         return Round([], done=f"the campaign was stopped: {state.stopped}")
     if state.recovery is not None or state.instance is None:
@@ -494,7 +592,7 @@ def up_plan(backend: Backend, stage: str, phase03: bool, progress: Progress = re
     from volt_ansible import datasync
 
     stage = str(stage).lower()
-    spec, state = spec_mod.load(), state_mod.load()
+    spec, (state, _) = spec_mod.load(), reconciled()
     lay_stages = spec_mod.read().get("volt_curriculum", {}).get("stages") or []
     if stage not in ("all", "none", *map(str, range(1, len(lay_stages) + 1))):
         raise VoltError(f"--stage {stage!r} is not a stage: use all, none or 1..{len(lay_stages)} (volt_curriculum.stages)")

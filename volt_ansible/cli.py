@@ -14,14 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from volt_ansible import campaign
+from volt_ansible import campaign, notices
 from volt_ansible.errors import VoltError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rent a Vast.ai GPU and run a Volt-X training campaign on it.")
 local_app = typer.Typer(no_args_is_help=True, help="The embedded local backend: Vast API double + podman instances.")
 app.add_typer(local_app, name="local")
+cache_app = typer.Typer(no_args_is_help=True, help="The controller's build cache (roles/repo_build, repo_build_cache).")
+app.add_typer(cache_app, name="cache")
 out = Console()
 err = Console(stderr=True)
+notices.set_sink(lambda msg: err.print(f"[yellow]note:[/] {escape(msg)}", soft_wrap=True, highlight=False))
 
 BackendOpt = typer.Option("local", "--backend", "-b", help="vast (Vast.ai) or local (embedded test world)", envvar="VOLT_BACKEND")
 
@@ -106,6 +109,8 @@ def status(jobs_too: bool = typer.Option(True, "--jobs/--no-jobs", help="also re
             f"instance {i.id} {escape('[' + i.backend + ']')} {i.gpu_name}: [bold]{shown}[/]  ssh {i.ssh_host}:{i.ssh_port}  "
             f"${i.dph_total:.3f}/h  up {up:.2f} h"
         )
+    for line in s.elsewhere:
+        out.print(f"[yellow]{escape(line)}[/]", soft_wrap=True, highlight=False)
     for r in s.state.retired:
         out.print(f"instance {r.id} lost ({r.status}), kept: its disk may hold files newer than the backup; `finish` or `destroy` removes it")
     if s.state.recovery:
@@ -151,7 +156,10 @@ def destroy(
     out.print(f"instance(s) {', '.join(map(str, d.ids))} destroyed")
     if d.lost:
         newest = f"{d.newest_epoch['path']} (epoch {d.newest_epoch['epoch']})" if d.newest_epoch else "none"
-        out.print(f"[yellow]lost[/] (not home): {', '.join(d.lost)}; newest epoch checkpoint home: {newest}", soft_wrap=True, highlight=False)
+        judged = f" ({escape(d.note)})" if d.note else ""
+        out.print(f"[yellow]lost[/] (not home){judged}: {', '.join(d.lost)}; newest epoch checkpoint home: {newest}", soft_wrap=True, highlight=False)
+    elif d.note:
+        out.print(f"nothing lost ({escape(d.note)})", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -279,8 +287,10 @@ def _extravars(pairs: list[str]) -> dict:
 
 
 def _run_result(name: str, result) -> None:
-    for f in result.failures:
-        err.print(f"[red]FAILED[/] task '{escape(f.task)}' on {f.host}: {escape(f.msg)}", soft_wrap=True)
+    refused = [f for f in result.failures if f.host_key]  # nothing ran there: its one line says it all
+    for f in refused or result.failures:
+        head = "[red]error:[/] " if f.host_key else f"[red]FAILED[/] task '{escape(f.task)}' on {f.host}: "
+        err.print(head + escape(f.msg), soft_wrap=True, highlight=False)
     if result.status == "canceled":
         err.print(f"interrupted: {name} stopped; the instance and the state are consistent: run the same command again to continue")
         raise typer.Exit(130)
@@ -385,8 +395,56 @@ def local_image(recipe: str = typer.Argument("host", help="host or bare")) -> No
     out.print(image.ensure(image.RECIPES[recipe]))
 
 
+def _private() -> None:
+    """What the CLI writes is the operator's alone: .volt/ (campaign key, state, logs, the double's API key), runs/ (model
+    weights), the runner's temp dirs. umask 077 covers every file and directory made from here on, by this process and
+    the ansible/rsync/ssh it starts; an existing .volt/ with wider bits (made by an older version) is closed too."""
+    os.umask(0o077)
+    from volt_ansible.state import volt_dir
+
+    with suppress(OSError):
+        d = volt_dir()
+        if d.is_dir() and d.stat().st_mode & 0o077:
+            d.chmod(0o700)
+
+
+CacheDirOpt = typer.Option(None, "--dir", help="the cache directory (default: repo_build_cache_dir's, ~/.cache/volt-ansible/builds)")
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: str | None = CacheDirOpt) -> None:
+    """Every build cache entry: key, size, the instance that built it, when, the commit."""
+    from volt_ansible import buildcache
+
+    where = cache_dir or buildcache.default_dir()
+    found = buildcache.entries(where)
+    if not found:
+        out.print(f"the build cache at {where} is empty")
+        return
+    t = Table("KEY", "SIZE", "BUILT BY", "WHEN (UTC)", "COMMIT", "NOTE")
+    for e in found:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.built_at)) if e.built_at else "?"
+        t.add_row(e.key[:16], f"{e.size / 1e6:.1f} MB", escape(e.built_by), when, e.commit[:12] or "?", escape(e.problem))
+    out.print(t)
+    out.print(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'} in {where}; an entry is as trustworthy as the instance that built it")
+
+
+@cache_app.command("clear")
+def cache_clear(key: str | None = typer.Argument(None, help="an entry's key (or a unique prefix of it)"),
+                everything: bool = typer.Option(False, "--all", help="every entry"), cache_dir: str | None = CacheDirOpt) -> None:
+    """Drop one build cache entry (KEY) or all of them (--all): the next build of it compiles."""
+    from volt_ansible import buildcache
+
+    where = cache_dir or buildcache.default_dir()
+    gone = buildcache.clear(where, key, everything)
+    for e in gone:
+        out.print(f"removed {e.key[:16]} (built by {escape(e.built_by)}, commit {e.commit[:12] or '?'})")
+    out.print(f"removed {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} from {where}")
+
+
 def main() -> None:
     try:
+        _private()
         rc = app(standalone_mode=False)
     except VoltError as e:
         err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from volt_ansible import notices, runlock, ssh
 from volt_ansible.errors import VoltError
 
 
@@ -18,6 +19,7 @@ class Failure:
     task: str
     host: str
     msg: str
+    host_key: bool = False  # msg is ssh.host_key_line's: the whole story in one line, nothing ran on the host
 
 
 @dataclass
@@ -41,6 +43,14 @@ def resolve(root: Path, name: str) -> Path:
             return c.resolve()
     known = ", ".join(sorted(p.stem for p in (root / "playbooks").glob("*.yml")))
     raise VoltError(f"no playbook {name!r}: choose one of {known} (from playbooks/) or give a path")
+
+
+def _failure(task: str, host: str, res: dict, known_hosts: Path) -> Failure:
+    """A failed or unreachable task; ssh's refusal of a changed host key becomes ssh.host_key_line's one line."""
+    texts = [res.get(k) or "" for k in ("msg", "stderr", "stdout", "module_stderr", "module_stdout")]
+    texts += [r.get("msg") or "" for r in res.get("results") or [] if isinstance(r, dict)]
+    line = ssh.host_key_line("\n".join(map(str, texts)), host, known_hosts)
+    return Failure(task, host, line, True) if line else Failure(task, host, _message(res))
 
 
 def _message(res: dict) -> str:
@@ -77,29 +87,37 @@ def run(
             tasks_seen += 1
             on_task(data.get("task", ""), tasks_seen)
         elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-            failures.append(Failure(data.get("task", "?"), data.get("host", "?"), _message(data.get("res", {}))))
+            failures.append(_failure(data.get("task", "?"), data.get("host", "?"), data.get("res", {}), ssh.known_hosts_path(volt_dir)))
         return True
 
     logs = volt_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{time.strftime('%Y%m%d-%H%M%S')}-{playbook.stem}.log"
-    env = {"VOLT_DIR": str(volt_dir), "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    pdd = tempfile.mkdtemp(prefix="volt-runner-")
-    try:
-        r = ansible_runner.run(
-            private_data_dir=pdd,
-            project_dir=str(root),
-            playbook=str(playbook),
-            inventory=str(root / "inventory"),
-            extravars=extravars or {},
-            envvars={**env, "PATH": os.environ.get("PATH", "")},
-            limit=limit,
-            event_handler=handler,
-            quiet=True,
-        )
-        stdout = Path(pdd, "artifacts", r.config.ident, "stdout")
-        if stdout.exists():
-            shutil.copyfile(stdout, log)
-        return Result(rc=r.rc, status=r.status, stats=r.stats or {}, failures=failures, log=log)
-    finally:
-        shutil.rmtree(pdd, ignore_errors=True)
+    # ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False unless it is given: the pinned host key would then
+    # only warn (Ansible's `StrictHostKeyChecking=no` comes first on the ssh command line).
+    env = {"VOLT_DIR": str(volt_dir), "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_HOST_KEY_CHECKING": "True"}
+    from volt_ansible.vast import take_secrets
+
+    take_secrets()  # ansible-runner copies os.environ whole into the run (and its artifacts): never the Vast API key
+    with runlock.held(volt_dir, playbook.stem, notices.say) as token:
+        pdd = tempfile.mkdtemp(prefix="volt-runner-")
+        try:
+            r = ansible_runner.run(
+                private_data_dir=pdd,
+                project_dir=str(root),
+                playbook=str(playbook),
+                inventory=str(root / "inventory"),
+                extravars=extravars or {},
+                envvars={**env, "PATH": os.environ.get("PATH", "")},
+                limit=limit,
+                cmdline=f"-e {runlock.TOKEN_VAR}={token}",  # lets the next run find and end it if this process dies
+                event_handler=handler,
+                quiet=True,
+            )
+            stdout = Path(pdd, "artifacts", r.config.ident, "stdout")
+            if stdout.exists():
+                shutil.copyfile(stdout, log)
+            return Result(rc=r.rc, status=r.status, stats=r.stats or {}, failures=failures, log=log)
+        finally:
+            shutil.rmtree(pdd, ignore_errors=True)

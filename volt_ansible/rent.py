@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from volt_ansible import crashpoints, notices, reconcile, ssh
 from volt_ansible import spec as spec_mod
-from volt_ansible import ssh
 from volt_ansible import state as state_mod
 from volt_ansible.errors import VoltError
-from volt_ansible.state import Instance, LedgerEntry, State
+from volt_ansible.state import Creating, Instance, LedgerEntry, State
 from volt_ansible.vast import DEAD_STATUSES, Backend, Vast
 
 Progress = Callable[[str], None]
@@ -151,7 +151,10 @@ def _bring_up(vast: Vast, spec: spec_mod.Spec, state: State, public_key: str, pr
     if live > cap:
         raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
     state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
-    host, port = row["ssh_host"], int(row["ssh_port"])
+    try:
+        host, port = ssh.check_host(row["ssh_host"]), int(row["ssh_port"])
+    except (VoltError, ValueError) as e:
+        raise _abandon(vast, state, f"instance {iid}: the API gave an unusable ssh address ({e})") from None
     record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
     _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
     record(state, ready=True)
@@ -184,12 +187,25 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         chosen = choose(vast, spec, offer_id)
         progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
         with _uninterrupted():
-            iid = vast.create(chosen.offer["id"], spec.instance, label=spec.campaign)
-            # Record before anything else can fail: an instance we do not know about bills forever.
+            # The intent goes to disk before the request: whatever kills this process from here on, the next command
+            # finds the instance by its label (reconcile) instead of renting a second one.
             state.campaign = spec.campaign
-            state.instance = Instance(
-                id=iid, offer_id=chosen.offer["id"], backend=backend, gpu_name=chosen.offer["gpu_name"], dph_total=chosen.dph, host_vars=host_vars
-            )
-            state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=chosen.dph, started_at=time.time()))
+            intent = Creating(offer_id=chosen.offer["id"], backend=backend, label=state.new_label(), gpu_name=chosen.offer["gpu_name"],
+                              dph_total=chosen.dph, host_vars=host_vars)
+            state.creating = intent
             state_mod.save(state)
+            try:
+                iid = vast.create(chosen.offer["id"], spec.instance, label=intent.label)
+            except VoltError:
+                reconcile.run(state, vast, notices.say)  # a create that succeeded before an error (a 502, a retry) is adopted
+                if state.instance is None:
+                    raise
+            else:
+                crashpoints.here("create.record")
+                state.instance = Instance(id=iid, offer_id=intent.offer_id, backend=backend, gpu_name=intent.gpu_name,
+                                          dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at)
+                state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=intent.dph_total, started_at=intent.at))
+                state.creating = None
+                state_mod.save(state)
+                reconcile.run(state, vast, notices.say)  # the SDK retried a create that had succeeded: the other copy goes
         return _bring_up(vast, spec, state, public_key, progress)

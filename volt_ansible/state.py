@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -69,9 +70,25 @@ class Recovery(BaseModel):
     started_at: float = Field(default_factory=time.time)
 
 
+class Creating(BaseModel):
+    """A create about to be sent: written before the API call, so a controller killed at any point leaves a trace
+    that the next command reconciles against the account's instance list (adopt it, or find nothing and forget it)."""
+
+    offer_id: int
+    backend: Literal["vast", "local"]
+    label: str  # unique per attempt: finds exactly this create in the listing
+    at: float = Field(default_factory=time.time)
+    gpu_name: str = ""
+    dph_total: float = 0.0
+    host_vars: dict[str, Any] = {}
+
+
 class State(BaseModel):
     version: int = STATE_VERSION
     campaign: str = ""
+    # Random per checkout, part of every label: instances of this campaign rented from another checkout are never touched.
+    owner: str = ""
+    creating: Creating | None = None
     instance: Instance | None = None
     # Instances lost to a preemption but still in the API: kept (their disk may hold files newer than
     # the backup) until `finish` or `destroy --lost` removes them.
@@ -89,6 +106,22 @@ class State(BaseModel):
 
     def total_cost(self, now: float | None = None) -> float:
         return sum(e.cost(now) for e in self.ledger)
+
+    def owned(self) -> list[Instance]:
+        return [i for i in [self.instance, *self.retired] if i is not None]
+
+    def label_prefix(self) -> str:
+        """Every instance this checkout rents for this campaign carries a label starting with this."""
+        return f"volt:{self.campaign}:{self.owner}:"
+
+    def new_label(self) -> str:
+        self.owner = self.owner or secrets.token_hex(4)
+        return self.label_prefix() + secrets.token_hex(3)
+
+    def backends(self) -> set[str]:
+        """The backends this campaign has rented on (where to look for instances it may have lost track of)."""
+        found = {e.backend for e in self.ledger} | {i.backend for i in self.owned()}
+        return found | ({self.creating.backend} if self.creating else set())
 
 
 def path() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -58,6 +59,15 @@ def ensure(recipe: Recipe = HOST) -> str:
     """Return the image name, building it first if this recipe was never built here."""
     if podman.exists("image", recipe.tag):
         return recipe.tag
+    # One build per recipe at a time: concurrent commands (or test workers) wait for it instead of building twice.
+    with open(f"/var/tmp/volt-image-{recipe.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if podman.exists("image", recipe.tag):
+            return recipe.tag
+        return _build(recipe)
+
+
+def _build(recipe: Recipe) -> str:
     if not shutil.which("debootstrap"):
         raise VoltError("debootstrap is not installed: apt-get install debootstrap (needed once to build the test-host image)")
     with tempfile.TemporaryDirectory(prefix="volt-rootfs-") as tmp:
