@@ -9,4 +9,4 @@ export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
 ruff check .
 yamllint -s .
 ansible-lint --offline -q
-python -m pytest -q "$@"   # exits 5 (a failure here) when no test ran
+python -m pytest -q --durations=25 "$@"   # exits 5 (a failure here) when no test ran
