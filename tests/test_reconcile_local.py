@@ -125,3 +125,19 @@ def test_a_dead_controllers_playbook_is_ended_and_two_never_run_at_once(project)
 
 def _ps() -> list[str]:
     return subprocess.run(["ps", "-eo", "command="], capture_output=True, text=True).stdout.splitlines()
+
+
+def test_ctrl_c_of_the_controller_ends_its_playbook(project):
+    (project.root / "playbooks" / "sleep614.yml").write_text(SLEEP.format(secs=614))
+    first = subprocess.Popen([sys.executable, "-m", "volt_ansible", "run", "sleep614"], cwd=project.root, env=project.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any("sleep 614" in ln for ln in _ps()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    token = _token(project)
+    assert runlock.carriers(token)
+    os.killpg(first.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the controller's group, not the playbook's session
+    said, _ = first.communicate(timeout=60)
+    assert first.returncode != 0 and "ended playbook sleep614" in said, said
+    assert runlock.carriers(token) == [] and not any("sleep 614" in ln for ln in _ps())
+    assert not (project.volt_dir / "playbook.json").exists()

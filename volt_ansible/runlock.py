@@ -4,7 +4,8 @@ ansible-runner starts ansible-playbook in a session of its own that ignores SIGH
 SIGKILL, an OOM kill or a power cut leaves it running, blocked mid-task or, worse, racing the next command's
 playbook on the same instance. Each run holds an flock (released by the kernel when its holder dies, however it
 dies) and records a token that is also on the playbook's command line. A run that takes the lock and finds a record
-left behind ends every process carrying the old token (its whole process group) before it starts its own."""
+left behind ends every process carrying the old token (its whole process group) before it starts its own; a run that
+ends by an exception (Ctrl-C) ends its own playbook the same way on its way out."""
 
 from __future__ import annotations
 
@@ -79,6 +80,10 @@ def held(volt_dir: Path, playbook: str, say: Callable[[str], None]) -> Iterator[
         try:
             yield token
         finally:
+            # Ctrl-C reaches this process only (ansible-playbook has a session of its own): end it here, not never.
+            ended = _end(token)
+            if ended:
+                say(f"ended playbook {playbook} (pid {', '.join(map(str, ended))}): it must not outlive the command that started it")
             record.unlink(missing_ok=True)
     finally:
         os.close(fd)
