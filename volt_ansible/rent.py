@@ -207,5 +207,8 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
                 state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=intent.dph_total, started_at=intent.at))
                 state.creating = None
                 state_mod.save(state)
-                reconcile.run(state, vast, notices.say)  # the SDK retried a create that had succeeded: the other copy goes
+                try:  # the SDK retried a create that had succeeded: the other copy goes (every later command sweeps too)
+                    reconcile.run(state, vast, notices.say)
+                except VoltError as e:
+                    notices.say(f"instance {iid} is recorded; checking the account for a duplicate failed ({e}): the next command does it")
         return _bring_up(vast, spec, state, public_key, progress)
