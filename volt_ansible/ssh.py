@@ -114,24 +114,57 @@ def forget_host(volt_dir: Path, host: str, port: int) -> None:
         kh.write_text("".join(ln + "\n" for ln in kh.read_text().splitlines() if not ln.startswith(name + " ")))
 
 
+def pinning(volt_dir: Path) -> list[str]:
+    """ssh options that trust only this campaign's key and pinned host keys (the key itself is given with -i)."""
+    return ["-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known_hosts_path(volt_dir)}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ForwardAgent=no"]
+
+
 def options(volt_dir: Path) -> list[str]:
-    """ssh options that trust only this campaign's key and pinned host keys."""
-    return [
-        "-i",
-        str(key_path(volt_dir)),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts_path(volt_dir)}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "ForwardAgent=no",
-    ]
+    """-i the campaign key, then pinning()."""
+    return ["-i", str(key_path(volt_dir)), *pinning(volt_dir)]
 
 
 def command(volt_dir: Path, host: str, port: int, user: str = "root") -> list[str]:
     return ["ssh", *options(volt_dir), "-p", str(port), f"{user}@{check_host(host)}"]
+
+
+def connection(volt_dir: Path, host: str, port: int, user: str = "root") -> dict:
+    """The campaign's own connection to an instance, in the shape argv() takes (the inventory's is the same shape)."""
+    return {"host": check_host(host), "port": int(port), "user": user, "key": str(key_path(volt_dir)), "args": [shlex.join(pinning(volt_dir))]}
+
+
+def argv(conn: dict, *, control: str | None = None, master: bool = True, batch: bool = True, keepalive: bool = True,
+         connect_timeout: int | None = 20, compression: bool = False) -> list[str]:
+    """The one builder of an ssh command line (without the host): every ssh and rsync -e the controller runs.
+
+    conn: {host, port, user, key, args: [str]} -- the inventory's connection (ansible_ssh_args, the pinned
+    UserKnownHostsFile) or connection() above. ssh keeps the first value of an option, so ours come first:
+    a connection of its own (or the given control connection; master=False uses it only when it is up), never
+    a password prompt, never the operator's agent, a dead link noticed within a minute."""
+    out = ["ssh"]
+    if control and master:
+        out += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}", "-o", "ControlPersist=60"]
+    elif control:
+        out += ["-o", "ControlMaster=no", "-o", f"ControlPath={control}"]
+    else:
+        out += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    if batch:
+        out += ["-o", "BatchMode=yes"]
+    out += ["-o", "ForwardAgent=no", "-o", f"Compression={'yes' if compression else 'no'}"]
+    if keepalive:
+        out += ["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+    if connect_timeout:
+        out += ["-o", f"ConnectTimeout={int(conn.get('connect_timeout', connect_timeout))}"]
+    if conn.get("port"):
+        out += ["-p", str(int(conn["port"]))]
+    if conn.get("key"):
+        out += ["-i", str(conn["key"])]
+    if conn.get("user"):
+        out += ["-l", str(conn["user"])]
+    for extra in conn.get("args") or []:
+        out += shlex.split(str(extra or ""))
+    return out
 
 
 def can_login(volt_dir: Path, host: str, port: int) -> bool:
