@@ -7,7 +7,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +20,10 @@ import yaml
 from conftest import REPO
 from procs import children, comm
 
-from volt_ansible import datasync
+from volt_ansible import datasync, fileops
 from volt_ansible.errors import VoltError
+
+HASHER = fileops._m  # the one digest code (roles/volt_fileops/module_utils/volt_fileops.py), as the controller loaded it
 
 _spec = importlib.util.spec_from_file_location("make_data", REPO / "roles/data_sync/molecule/default/make_data.py")
 make_data = importlib.util.module_from_spec(_spec)
@@ -116,13 +121,13 @@ def test_a_job_that_needs_a_disabled_item_cannot_be_waited_for(tree: Path, tmp_p
 
 def test_digest_cache_second_check_reads_no_file(tree: Path, tmp_path: Path, monkeypatch):
     reads: list[str] = []
-    real = datasync._chunk_digest
+    real = HASHER._chunk_digest
 
     def counting(path, index, size):
         reads.append(path)
         return real(path, index, size)
 
-    monkeypatch.setattr(datasync, "_chunk_digest", counting)
+    monkeypatch.setattr(HASHER, "_chunk_digest", counting)
     vd = guide_volt_data(tree, the_stack_full={"enabled": True})
     first = datasync.preflight(vd, tmp_path / "volt")
     assert len(set(reads)) == 13 and first.hashed_bytes == first.total_bytes
@@ -143,22 +148,22 @@ def test_digest_cache_second_check_reads_no_file(tree: Path, tmp_path: Path, mon
 
 
 def test_digest_is_sha256_over_64mib_chunk_digests(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(datasync, "DIGEST_CHUNK", 1000)
+    monkeypatch.setattr(HASHER, "DIGEST_CHUNK", 1000)
     data = os.urandom(2500)
     f = tmp_path / "x.bin"
     f.write_bytes(data)
     chunks = b"".join(hashlib.sha256(data[i:i + 1000]).digest() for i in (0, 1000, 2000))
     expect = "sha256t:" + hashlib.sha256(b"volt-sha256t-v1\0" + (2500).to_bytes(8, "big") + chunks).hexdigest()
-    assert datasync.file_digest(f) == expect
+    assert fileops.file_digest(f) == expect
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    assert datasync.file_digest(empty) == "sha256t:" + hashlib.sha256(b"volt-sha256t-v1\0" + bytes(8) + hashlib.sha256().digest()).hexdigest()
+    assert fileops.file_digest(empty) == "sha256t:" + hashlib.sha256(b"volt-sha256t-v1\0" + bytes(8) + hashlib.sha256().digest()).hexdigest()
     d = tmp_path / "d"
     (d / "sub").mkdir(parents=True)
     (d / "sub" / "a").write_bytes(b"a")
-    before = datasync.path_digest(str(d), "dir")
+    before = fileops.path_digest(str(d), "dir")
     (d / "sub" / "a").rename(d / "sub" / "b")
-    assert datasync.path_digest(str(d), "dir") != before  # names are part of a directory's digest
+    assert fileops.path_digest(str(d), "dir") != before  # names are part of a directory's digest
 
 
 def test_transfer_order_is_needed_first_then_small_first(tree: Path, tmp_path: Path):
@@ -191,6 +196,96 @@ def test_check_reads_the_spec_and_reports(tree: Path, tmp_path: Path):
     spec.write_text("volt_campaign: x\n")
     with pytest.raises(VoltError, match="has no volt_data section"):
         datasync.check(spec, tmp_path / "volt")
+
+
+# ----------------------------------------------------------------------------------------------
+# the role on this machine (connection local): contracts, the controller package, the instance side
+
+
+def local_play(tmp_path: Path, text: str, **extravars) -> subprocess.CompletedProcess:
+    (tmp_path / "play.yml").write_text(text)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1"}
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+           "-e", json.dumps({"ansible_python_interpreter": sys.executable, **extravars}), str(tmp_path / "play.yml")]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+LOCAL_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Include
+      ansible.builtin.include_role:
+        name: data_sync
+        tasks_from: {tasks_from}
+{more}"""
+
+
+def test_transfer_without_the_preflight_says_run_start_first(tmp_path: Path):
+    proc = local_play(tmp_path, LOCAL_PLAY.format(tasks_from="transfer", more=""), volt_data={"items": []})
+    assert proc.returncode == 2
+    fatal = [ln for ln in proc.stdout.splitlines() if ln.startswith("fatal:")]
+    assert len(fatal) == 1 and fatal[0].endswith('"msg": "data_sync: run tasks_from: start first"}'), proc.stdout[-3000:]
+    tasks = [ln for ln in proc.stdout.splitlines() if ln.startswith("TASK [")]
+    assert tasks[-1].startswith("TASK [data_sync : This entry point needs tasks_from start first]")  # its first task, nothing after
+    assert "ok=3    changed=0    unreachable=0    failed=1" in proc.stdout  # include + the two argument checks
+
+
+def test_a_controller_python_without_the_package_is_one_line(tree: Path, tmp_path: Path):
+    bare = tmp_path / "bare-python"  # this Python without site-packages (so without the editable install) nor the cwd
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+    bare.chmod(0o755)
+    proc = local_play(tmp_path, LOCAL_PLAY.format(tasks_from="start", more=""), volt_data=guide_volt_data(tree), data_sync_python=str(bare),
+                      data_sync_volt_dir=str(tmp_path / "volt"), data_sync_root_remote=str(tmp_path / "remote"))
+    assert proc.returncode != 0
+    assert (f"data_sync: {bare} has no volt_ansible.datasync (the role's controller side): install the project into that Python "
+            "(pip install -e <the volt-ansible checkout>) or set data_sync_python to the Python that has it") in proc.stdout, proc.stdout[-3000:]
+    assert not (tmp_path / "remote").exists()
+
+
+def test_the_instance_side_probes_marks_installs_and_verifies_with_volt_fileops(tree: Path, tmp_path: Path):
+    """The modules over Ansible's connection, then the helper they installed as the driver runs it (argv, no stdin)."""
+    root, volt_dir = tmp_path / "remote", tmp_path / "volt"
+    vd = guide_volt_data(tree)
+    role_vars = {"volt_data": vd, "data_sync_volt_dir": str(volt_dir), "data_sync_root_remote": str(root)}
+    report = datasync.preflight(vd, volt_dir)
+    for it in report.items:  # what rsync would have landed
+        (root / it.dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(it.src, root / it.dest)
+    mark = """    - name: Mark
+      data_sync_mark:
+        root: "{{ data_sync_root_remote }}"
+        send: "{{ __data_sync_send | map(attribute='name') | list }}"
+        jobs: "{{ __data_sync_plan.jobs }}"
+        digests: "{{ _data_sync_digests }}"
+        install: true
+      register: marked
+    - name: Show
+      ansible.builtin.debug:
+        msg: "SEND={{ __data_sync_send | length }} INSTALLED={{ marked.installed | join(',') }}"
+"""
+    play_text = LOCAL_PLAY.format(tasks_from="preflight", more=mark).replace("include_role", "import_role")  # static: the module is known
+    first = local_play(tmp_path, play_text, **role_vars)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"SEND={len(report.items)} INSTALLED=data_sync_remote.py,volt_fileops.py" in first.stdout
+    lib = root / ".volt-sync/lib"
+    assert (lib / "volt_fileops.py").read_text() == (REPO / "roles/volt_fileops/module_utils/volt_fileops.py").read_text()
+    assert (lib / "data_sync_remote.py").read_text() == (REPO / "roles/data_sync/module_utils/data_sync_remote.py").read_text()
+
+    digests = {i.name: i.digest for i in report.items}
+    args = {"root": str(root), "items": [{"name": i.name, "dest": i.dest, "kind": i.kind, "expect": i.digest} for i in report.items],
+            "reject": False, "jobs": report.manifest.jobs(), "digests": digests}
+    out = subprocess.run([sys.executable, "-B", str(lib / "data_sync_remote.py"), "verify", json.dumps(args)], capture_output=True,
+                         text=True, check=True, stdin=subprocess.DEVNULL)
+    res = json.loads(out.stdout)
+    assert all(r["ok"] for r in res["results"].values()) and res["ready"] == ["phase03", "stage1", "stage2", "stage3"]
+    for i in report.items:
+        assert (root / ".volt-sync" / f"{i.name}.verified").read_text().strip() == fileops.path_digest(str(root / i.dest), i.kind)
+    assert sorted(p.name for p in lib.iterdir()) == ["data_sync_remote.py", "volt_fileops.py"]  # -B: no __pycache__
+
+    second = local_play(tmp_path, play_text, **role_vars)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "SEND=0 INSTALLED=" in second.stdout and "changed=0" in second.stdout  # verified and unchanged; lib as it was
 
 
 # ----------------------------------------------------------------------------------------------

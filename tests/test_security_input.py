@@ -88,10 +88,10 @@ def test_check_refuses_a_wiping_dest_before_reading_any_data(project, tmp_path):
 
 
 def test_the_roles_plan_refuses_it_too():
-    """`volt-ansible run sync` / `up`: roles/data_sync runs `datasync.py plan` with the job tables beside volt_data."""
+    """`volt-ansible run sync` / `up`: roles/data_sync runs `python -m volt_ansible.datasync plan` with the job tables beside volt_data."""
     data = with_item(dest="logs/")
     request = {"volt_data": data["volt_data"], "jobs": {"volt_phase03": data["volt_phase03"], "volt_curriculum": data["volt_curriculum"]}}
-    proc = subprocess.run([sys.executable, str(REPO / "volt_ansible/datasync.py"), "plan", "--volt-dir", "/nonexistent"],
+    proc = subprocess.run([sys.executable, "-m", "volt_ansible.datasync", "plan", "--volt-dir", "/nonexistent"],
                           input=json.dumps(request), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("volt_data.items[10] (the_stack_full).dest = 'logs/' contains the log of job phase03")
