@@ -1,4 +1,4 @@
-"""backup: the home manifest (volt_ansible/home.py) and the instance-side listing (pure Python), and the role
+"""backup: the home manifest (volt_ansible.home) and the instance-side listing (pure Python), and the role
 through playbooks/backup.yml on real SSH test hosts (pull, verify, idempotence, unwritable or full local disk,
 digest mismatch retried or refused, a killed download resumed, an interrupted backup leaving home.json valid)."""
 
@@ -10,9 +10,11 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,23 +24,41 @@ import yaml
 from conftest import REPO
 from procs import comm, descendants
 
-from volt_ansible import home
+from volt_ansible import fileops, home, ssh
 from volt_ansible.errors import VoltError
 
-_spec = importlib.util.spec_from_file_location("backup_scan", REPO / "roles/backup/library/backup_scan.py")
-backup_scan = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(backup_scan)
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# backup_scan imports ansible.module_utils.volt_fileops: on the instance Ansible ships it; here it is the controller's copy
+sys.modules.setdefault("ansible.module_utils.volt_fileops", fileops)
+backup_scan = _load("backup_scan", REPO / "roles/backup/library/backup_scan.py")
+filters = _load("backup_filters", REPO / "roles/backup/filter_plugins/backup.py")
 
 SPEC = yaml.safe_load((REPO / "group_vars/all.yml").read_text())
 PLAYBOOK = REPO / "playbooks/backup.yml"
 
 
 def sha(data: bytes) -> str:
+    """The digest both ends compute (volt_fileops' sha256t) of these bytes."""
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        return fileops.file_digest(f.name)
+
+
+def legacy_sha(data: bytes) -> str:
+    """A digest as home.json recorded it before sha256t: plain SHA-256."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
-# home.py: the manifest
+# volt_ansible.home: the manifest
 
 
 def stage(local: Path, src: str, data: bytes, mtime_ns: int = 1_700_000_000_000_000_000) -> dict:
@@ -65,7 +85,8 @@ def test_promote_moves_verified_files_home_and_records_them(tmp_path: Path):
     assert e["home_at"] > 0 and m["last_run"]["home"] == 1 and "home_before" not in m["last_run"]
     assert home.is_home(tmp_path, "logs/phase03.log")
     assert home.is_home(tmp_path, "logs/phase03.log", sha(b"codebook-init: done\n"), verify=True)
-    assert home.is_home(tmp_path, "logs/phase03.log", hashlib.sha256(b"codebook-init: done\n").hexdigest())  # bare hex works
+    assert e["digest"].startswith("sha256t:")
+    assert home.is_home(tmp_path, "logs/phase03.log", sha(b"codebook-init: done\n").split(":", 1)[1])  # bare hex works
     assert not home.is_home(tmp_path, "logs/phase03.log", sha(b"other"))
     assert not home.is_home(tmp_path, "logs/nothing.log")
 
@@ -114,7 +135,7 @@ def test_corrupt_manifest_is_refused_and_never_overwritten(tmp_path: Path):
         home.merge(tmp_path, [{"path": "logs/b.log", "size": 1, "digest": sha(b"b")}])
     assert "home.json is corrupt" in str(e.value) and "\n" not in str(e.value)
     assert (tmp_path / "home.json").read_text() == '{"files": {"a": '
-    proc = subprocess.run([sys.executable, str(REPO / "volt_ansible/home.py"), "show", "--dir", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "volt_ansible.home", "show", "--dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("backup: ") and "home.json is corrupt" in proc.stderr
 
 
@@ -199,8 +220,8 @@ def make_tree(root: Path, files: dict[str, tuple[int, float]], now: float) -> di
 
 
 def scan_params(root: Path, **kw) -> dict:
-    p = {"root": str(root), "phase03": SPEC["volt_phase03"], "curriculum": SPEC["volt_curriculum"], "globs": ["logs/*.log"], "stable_s": 60,
-         "status_dir": "logs", "epoch_owner_file": ".volt-epochs", "epoch_archive": "epochs", "known": {}}
+    p = {"root": str(root), "jobs": filters.backup_jobs(SPEC["volt_phase03"], SPEC["volt_curriculum"]), "globs": ["logs/*.log"],
+         "stable_s": 60, "known": {}}
     p.update(kw)
     return p
 
@@ -255,6 +276,76 @@ def test_scan_digest_reports_the_current_state(tmp_path: Path):
     d = backup_scan.digest(str(tmp_path), ["checkpoints/a.bin", "checkpoints/gone.bin"])
     assert d["checkpoints/a.bin"]["digest"] == sha(data["checkpoints/a.bin"]) and d["checkpoints/a.bin"]["size"] == 1000
     assert d["checkpoints/gone.bin"] == {"exists": False}
+    legacy = backup_scan.digest(str(tmp_path), ["checkpoints/a.bin"], {"checkpoints/a.bin": "sha256"})  # an older home.json entry
+    assert legacy["checkpoints/a.bin"]["digest"] == legacy_sha(data["checkpoints/a.bin"])
+
+
+def test_a_manifest_with_plain_sha256_entries_is_still_verified_with_sha256(tmp_path: Path):
+    """home.json written before sha256t: each entry is verified with the algorithm it names; new entries are sha256t."""
+    t = 1_700_000_000_000_000_000
+    old = {"logs/a.log": b"aaaa", "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": b"e1" * 50,
+           "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors": b"e2" * 50}
+    for rel, data in old.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    epoch = {"kind": "epoch", "job": "stage1"}
+    home.merge(tmp_path, [{"path": "logs/a.log", "size": 4, "digest": legacy_sha(b"aaaa")},
+                          {"path": "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors", "size": 100, "digest": legacy_sha(b"e1" * 50),
+                           "epoch": 1, "mtime_ns": t, **epoch},
+                          {"path": "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors", "size": 100, "digest": legacy_sha(b"e2" * 50),
+                           "epoch": 2, "mtime_ns": t + 1, **epoch}])
+    assert home.is_home(tmp_path, "logs/a.log", verify=True)
+    assert home.is_home(tmp_path, "logs/a.log", legacy_sha(b"aaaa"))
+    assert home.is_home(tmp_path, "logs/a.log", hashlib.sha256(b"aaaa").hexdigest())  # bare hex: the entry's algorithm
+    assert not home.is_home(tmp_path, "logs/a.log", sha(b"aaaa"))  # another algorithm's digest is another digest
+    assert home.newest_epoch_checkpoint(tmp_path, job="stage1")[0] == 2
+    (tmp_path / "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors").write_bytes(b"XX" * 50)  # same size, other bytes
+    assert home.newest_epoch_checkpoint(tmp_path, job="stage1")[0] == 1
+    (tmp_path / "logs/a.log").write_bytes(b"aaab")
+    assert not home.is_home(tmp_path, "logs/a.log", verify=True)
+    # a new download of the same path is recorded with sha256t, the other old entries keep theirs
+    home.promote(tmp_path, [stage(tmp_path, "logs/a.log", b"aaaa")])
+    files = json.loads((tmp_path / "home.json").read_text())["files"]
+    assert files["logs/a.log"]["digest"] == sha(b"aaaa") and files["logs/a.log"]["digest"].startswith("sha256t:")
+    assert files["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]["digest"].startswith("sha256:")
+    assert home.is_home(tmp_path, "logs/a.log", verify=True)
+    with pytest.raises(VoltError, match="unknown digest algorithm 'md5'"):
+        home.digest_of(tmp_path / "logs/a.log", "md5")
+
+
+def test_backup_jobs_are_the_resolved_curriculum():
+    """The role's filter hands backup_scan the curriculum's jobs; training_tmux settings that differ carry through."""
+    jobs = filters.backup_jobs(SPEC["volt_phase03"], SPEC["volt_curriculum"])
+    assert [(j["name"], j["output"], j["status"], j["log"]) for j in jobs] == [
+        ("phase03", "checkpoints/codebook_code.bin", "logs/phase03.status", "logs/phase03.log"),
+        ("stage1", "checkpoints/scaled_vfn_stage1.safetensors", "logs/stage1.status", "logs/phase21_stage1.log"),
+        ("stage2", "checkpoints/scaled_vfn_stage2.safetensors", "logs/stage2.status", "logs/phase21_stage2.log"),
+        ("stage3", "checkpoints/scaled_vfn.safetensors", "logs/stage3.status", "logs/phase21_stage3.log")]
+    assert jobs[0]["epoch"] is None and jobs[1]["epoch"] == {"dir": "checkpoints", "prefix": "scaled_vfn_epoch_", "suffix": ".safetensors",
+                                                             "owner": "checkpoints/.volt-epochs", "archive_dir": "checkpoints/epochs"}
+    moved = filters.backup_jobs(SPEC["volt_phase03"], SPEC["volt_curriculum"], {"status_dir": "state", "epoch_archive": "done"})
+    assert moved[1]["status"] == "state/stage1.status" and moved[1]["epoch"]["archive_dir"] == "checkpoints/done"
+    assert filters.backup_jobs({}, {}) == []
+    bad = {**SPEC["volt_phase03"], "output": "--nope"}
+    with pytest.raises(filters.AnsibleFilterError, match=r"^backup: volt_phase03: the output flag '--nope' must have exactly one value"):
+        filters.backup_jobs(bad, SPEC["volt_curriculum"])
+
+
+def test_rsync_ssh_is_the_one_ssh_builder():
+    conn = {"host": "203.0.113.7", "port": 2200, "user": "root", "key": "/k/id", "args": ["-o ForwardAgent=no -o ControlMaster=auto", "", None]}
+    cmd = filters.backup_ssh(conn)
+    assert shlex.split(cmd) == ssh.argv({**conn, "args": ["-o ForwardAgent=no -o ControlMaster=auto"]})
+    assert cmd.startswith("ssh -o ControlMaster=no -o ControlPath=none -o BatchMode=yes") and "-p 2200 -i /k/id -l root" in cmd
+
+
+def test_pull_alone_says_to_run_main_first(tmp_path: Path):
+    play = tmp_path / "pull.yml"
+    play.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "connection": "local",
+                                     "tasks": [{"ansible.builtin.include_role": {"name": "backup", "tasks_from": "pull"}}]}]))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(play)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and '"msg": "backup: run tasks_from: main first' in fatal(proc), proc.stdout[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,12 +376,18 @@ def seed(host, files: dict[str, tuple[int, float]] | None = None, text: dict[str
     host.exec(f"python3 /tmp/seed.py {ROOT} '{json.dumps({'files': files or {}, 'text': text or {}})}'")
 
 
+FILEOPS = (REPO / "roles/volt_fileops/module_utils/volt_fileops.py").read_text()
+
+
 def remote_sha(host, rel: str) -> str:
-    return "sha256:" + host.exec(f"sha256sum {ROOT}/{rel}").stdout.split()[0]
+    """The file's digest computed on the test host itself (volt_fileops run there by python3)."""
+    host.put(FILEOPS, "/tmp/volt_fileops.py", mode="0644")
+    return host.exec(f"python3 -c 'import sys; sys.path.insert(0, \"/tmp\"); import volt_fileops; print(volt_fileops.file_digest(sys.argv[1]))' "
+                     f"{ROOT}/{rel}").stdout.strip()
 
 
 def local_sha(path: Path) -> str:
-    return sha(path.read_bytes())
+    return fileops.file_digest(path)
 
 
 def recap(proc) -> str:
@@ -454,7 +551,7 @@ def test_a_download_that_stays_corrupted_fails_loudly_and_is_never_home(make_hos
     assert proc.returncode != 0
     msg = fatal(proc)
     assert ("backup: checkpoints/scaled_vfn_epoch_1.safetensors still differ(s) from the copy on vt-" in msg
-            and "after 2 downloads (home sha256:" in msg and "not marked home" in msg), proc.stdout[-3000:]
+            and "after 2 downloads (home sha256t:" in msg and "not marked home" in msg), proc.stdout[-3000:]
     assert remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors") in msg
     files = manifest(local)["files"]
     assert list(files) == ["logs/phase21_stage1.log"]  # the good file is home, the bad one is not
@@ -562,7 +659,8 @@ def test_volt_ansible_run_backup_uses_the_campaigns_pinned_connection(project):
     assert "backup ok" in out, out
     local = project.root / "runs" / SPEC["volt_campaign"]
     e = manifest(local)["files"]["logs/phase03.log"]
-    assert e["digest"] == "sha256:" + project.cli("ssh", "--", "cat /tmp/sum").stdout.split()[0] == local_sha(local / "logs/phase03.log")
+    assert legacy_sha((local / "logs/phase03.log").read_bytes()) == "sha256:" + project.cli("ssh", "--", "cat /tmp/sum").stdout.split()[0]
+    assert e["digest"] == local_sha(local / "logs/phase03.log")
     assert e["host"] == f"volt-{project.state()['instance']['id']}"
     assert "backup ok: changed=0" in project.cli("run", "backup").stdout
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -14,6 +15,8 @@ from datetime import datetime
 import pytest
 import yaml
 from conftest import REPO
+
+from volt_ansible import fileops
 
 pytestmark = pytest.mark.podman
 
@@ -51,6 +54,7 @@ def on_instance(project, command: str) -> str:
     return project.cli("ssh", "--", command).stdout
 
 
+@pytest.mark.reuse_build  # needs the binaries, does not test building them (tests/buildshare.py)
 def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project):
     drill_spec(project, epochs=10, epoch_ms=3000)  # still training when `finish` is tried right after the recovery
     project.cli("provision")
@@ -107,7 +111,9 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     fin = project.cli("watch", "--once", "--interval", "60").stdout
     assert "finished" in fin and f"{old_id}" in fin and f"{new_id}" in fin, fin
     files = home(project)
-    assert files["checkpoints/scaled_vfn_stage1.safetensors"]["digest"] == f"sha256:{got}"
+    came_home = project.root / "runs" / "volt-x-phase21" / "checkpoints/scaled_vfn_stage1.safetensors"
+    assert hashlib.sha256(came_home.read_bytes()).hexdigest() == got  # the bytes the instance has
+    assert files["checkpoints/scaled_vfn_stage1.safetensors"]["digest"] == fileops.file_digest(came_home)  # recorded in the one scheme
     assert "checkpoints/codebook_code.bin" in files
     state = project.state()
     assert state["instance"] is None and state["retired"] == [] and state["recovery"] is None
@@ -183,6 +189,8 @@ def test_watch_killed_mid_download_restarts_and_finishes_the_backup(project):
     out = project.cli("watch", "--once", "--interval", "0.01", timeout=300).stdout
     entry = home(project)["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
     remote = on_instance(project, f"sha256sum {DEST}/checkpoints/scaled_vfn_epoch_1.safetensors").split()[0]
-    assert entry["digest"] == f"sha256:{remote}" and entry["size"] == big
+    came_home = project.root / "runs" / "volt-x-phase21" / "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"
+    assert hashlib.sha256(came_home.read_bytes()).hexdigest() == remote and entry["size"] == big
+    assert entry["digest"] == fileops.file_digest(came_home)
     assert project.state()["home"]["newest_epoch"]["epoch"] == 1, out
     project.cli("destroy", "--yes", "--force")

@@ -6,7 +6,7 @@ import hashlib
 
 from conftest import REPO
 
-from volt_ansible import home, jobs, ledger, recovery
+from volt_ansible import fileops, home, jobs, ledger, recovery
 from volt_ansible.jobs import JobState, LogProgress, Snapshot
 
 
@@ -46,6 +46,23 @@ def test_plan_pushes_finished_outputs_and_the_newest_verified_epoch_of_the_first
         ("checkpoints/epochs/stage2/scaled_vfn_epoch_3.safetensors", "checkpoints/scaled_vfn_epoch_3.safetensors"),
     ]
     assert plan.describe().startswith("to run: stage2, stage3; stage2 resumes from epoch 3")
+
+
+def test_plan_with_sha256t_entries_hands_out_their_digests_and_puts_the_epoch_where_its_stage_writes(tmp_path):
+    """Entries of this version (sha256t) and of older manifests (sha256) side by side: each verified with its own algorithm."""
+    for rel, data in (("checkpoints/codebook_code.bin", b"codebook"), ("checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors", b"e2")):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    new = fileops.file_digest(tmp_path / "checkpoints/codebook_code.bin")
+    home.merge(tmp_path, [{"path": "checkpoints/codebook_code.bin", "size": 8, "digest": new, "kind": "output", "job": "phase03"}])
+    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors", b"e2", kind="epoch", job="stage1", epoch=2, mtime_ns=1)
+    plan = recovery.plan(lay(), tmp_path)
+    assert plan.pending == ["stage1", "stage2", "stage3"] and (plan.owner, plan.resume_epoch) == ("stage1", 2)
+    assert [(f["dest"], f["digest"]) for f in plan.files] == [
+        ("checkpoints/codebook_code.bin", new),
+        ("checkpoints/scaled_vfn_epoch_2.safetensors", "sha256:" + hashlib.sha256(b"e2").hexdigest())]
+    (tmp_path / "checkpoints/codebook_code.bin").write_bytes(b"codebooX")  # damaged at home: Phase 0.3 runs again
+    assert recovery.plan(lay(), tmp_path).pending[0] == "phase03"
 
 
 def test_plan_with_nothing_home_runs_everything_from_zero(tmp_path):

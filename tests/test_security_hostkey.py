@@ -3,13 +3,13 @@ to a rented host, and an ssh_host from the API is a hostname or an IP before it 
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import REPO
 
 from volt_ansible import datasync, inventory, jobs, ssh
@@ -76,7 +76,9 @@ def test_every_ssh_command_line_refuses_agent_forwarding(tmp_path):
     (tmp_path / "state.json").write_text('{"instance": {"id": 5, "ssh_host": "203.0.113.7", "ssh_port": 2200}}')
     common = inventory.build(tmp_path)["_meta"]["hostvars"]["volt-5"]["ansible_ssh_common_args"]
     static = (REPO / "inventory/static.example.ini").read_text().split("ansible_ssh_common_args='")[1].split("'")[0]
-    backup_first = yaml.safe_load((REPO / "roles/backup/vars/main.yml").read_text())["_backup_ssh_parts"][0]
+    spec = importlib.util.spec_from_file_location("backup_filters", REPO / "roles/backup/filter_plugins/backup.py")
+    backup_filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backup_filters)
     inventory_ssh = {"host": "203.0.113.7", "port": 2200, "user": "root", "key": str(tmp_path / "k"),
                      "args": [_ansible_cfg_ssh_args(), common, ""]}
     argvs = {
@@ -87,7 +89,7 @@ def test_every_ssh_command_line_refuses_agent_forwarding(tmp_path):
         "ansible.cfg ssh_args": ["ssh", *shlex.split(_ansible_cfg_ssh_args()), "203.0.113.7"],
         "inventory common args": ["ssh", *shlex.split(common), "203.0.113.7"],
         "static.example.ini": ["ssh", *shlex.split(static), "203.0.113.7"],
-        "backup rsync -e": [*shlex.split(backup_first), "203.0.113.7"],
+        "backup rsync -e": [*shlex.split(backup_filters.backup_ssh(inventory_ssh)), "203.0.113.7"],
     }
     for what, argv in argvs.items():
         assert _effective(argv, tmp_path)["forwardagent"] == "no", (what, argv)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from volt_ansible import jobs, plot
+from volt_ansible import curriculum, jobs, plot
 from volt_ansible.errors import VoltError
 
 _spec = importlib.util.spec_from_file_location("training_tmux_filters", REPO / "roles/training_tmux/filter_plugins/training_tmux.py")
@@ -53,8 +53,7 @@ def test_settings_mirror_the_role_defaults():
         if key != "dest":
             assert DEFAULTS[f"training_tmux_{key}"] == value
     assert DEFAULTS["training_tmux_dest"] == SETTINGS["dest"]
-    for key, value in jobs.ROLE_DEFAULTS.items():
-        assert DEFAULTS[key] == value, key
+    assert curriculum.role_defaults() == {k: DEFAULTS[f"training_tmux_{k}"] for k in curriculum.SETTINGS}  # read, never copied
 
 
 def test_plan_renders_the_guides_command_lines_from_group_vars():

@@ -1,25 +1,27 @@
-#!/usr/bin/env python3
 """What is home: the campaign's local backup directory and its manifest, `<local_dir>/home.json`.
 
 roles/backup pulls the instance's finished files (epoch checkpoints, stage outputs, the Phase 0.3
 codebook, logs) into `<local_dir>/.incoming/` with rsync; `promote()` then checks each one against
-the SHA-256 the instance computed, moves it into place and records it here. A file counts as home
+the digest the instance computed (volt_fileops' "sha256t", the scheme data_sync sends data up with),
+moves it into place and records it here. A file counts as home
 only when it has an entry in home.json AND is on disk with the recorded size: the manifest is the
 authority, and it is only ever replaced whole (temp file + fsync + rename, under a lock), so a
 backup killed at any moment leaves the previous valid manifest.
 
-Standard library only, Python >= 3.8: the role runs this file as a script with the controller's
-Python (`check`, `show`, `promote`); `volt-ansible` imports it (`load`, `is_home`, `missing`,
-`newest_epoch_checkpoint`, `required_outputs`, `summary`).
+The role runs it on the controller as `python -m volt_ansible.home` (`check`, `show`, `promote`);
+`volt-ansible` imports it (`load`, `is_home`, `missing`, `newest_epoch_checkpoint`, `required_outputs`, `summary`).
 
 home.json:
 
     {"version": 1, "updated": 1732550000.1,
      "files": {"<path relative to local_dir>": {
-         "path": "...", "src": "<path relative to the instance's root>", "size": 123, "digest": "sha256:<hex>",
+         "path": "...", "src": "<path relative to the instance's root>", "size": 123, "digest": "sha256t:<hex>",
          "mtime": 1732549000.5, "mtime_ns": 1732549000500000000, "home_at": 1732550000.1,
          "kind": "epoch|output|log|file", "job": "stage1", "epoch": 3, "host": "volt-123"}},
      "last_run": {"at": ..., "host": ..., "home": 2, "bytes": ..., "wire_bytes": ..., "literal_bytes": ..., ...}}
+
+A digest names its algorithm, and a file is verified with the one its entry names: new entries are
+"sha256t:" (volt_ansible.fileops.file_digest); entries of older manifests keep their plain "sha256:".
 
 Epoch checkpoints are kept per job, `checkpoints/epochs/<job>/scaled_vfn_epoch_<N>.safetensors` (the
 layout training_tmux archives them in on the instance), because every stage writes the same names.
@@ -40,13 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
-try:  # the controller's package; the role runs this file alone
-    from volt_ansible.errors import VoltError
-except ImportError:  # pragma: no cover - run as a script outside the package
-
-    class VoltError(Exception):  # type: ignore[no-redef]
-        """A failure the user can act on (one line)."""
-
+from volt_ansible import curriculum, fileops
+from volt_ansible.errors import VoltError
 
 try:
     import fcntl
@@ -57,8 +54,8 @@ MANIFEST = "home.json"
 STAGING = ".incoming"  # rsync's destination; files move out of it only once verified
 LOCK = ".home.lock"
 VERSION = 1
-ALGO = "sha256"
-READ_BLOCK = 1 << 20
+ALGO = fileops.FILE_ALGO  # what new entries record
+LEGACY_ALGO = "sha256"  # plain SHA-256 of the content: entries written before sha256t (still verified)
 RSYNC_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")  # rsync's in-flight copy: .<name>.XXXXXX
 STALE_TEMP_S = 3600
 
@@ -83,21 +80,36 @@ def manifest_path(local_dir: str | os.PathLike) -> Path:
     return Path(local_dir) / MANIFEST
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """"sha256:<hex>" of a file's content (the digest both ends of the backup compute)."""
+def _legacy_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while True:
-            block = f.read(READ_BLOCK)
-            if not block:
-                break
+        for block in iter(lambda: f.read(fileops.READ_BLOCK), b""):
             h.update(block)
-    return f"{ALGO}:{h.hexdigest()}"
+    return f"{LEGACY_ALGO}:{h.hexdigest()}"
+
+
+def digest_of(path: str | os.PathLike, algo: str = ALGO) -> str:
+    """"<algo>:<hex>" of a file: sha256t (fileops.file_digest, both ends of every transfer) or a legacy entry's sha256."""
+    if algo == ALGO:
+        return fileops.file_digest(path)
+    if algo == LEGACY_ALGO:
+        return _legacy_sha256(path)
+    raise HomeError(f"unknown digest algorithm {algo!r} for {path} (known: {ALGO}, {LEGACY_ALGO}): upgrade volt-ansible")
 
 
 def _norm_digest(digest: str) -> str:
+    """Lower case with its algorithm; a bare hex is a legacy sha256 (what it meant before digests named one)."""
     digest = str(digest).strip().lower()
-    return digest if ":" in digest else f"{ALGO}:{digest}"
+    return digest if ":" in digest else f"{LEGACY_ALGO}:{digest}"
+
+
+def _algo(digest: str) -> str:
+    return _norm_digest(digest).split(":", 1)[0]
+
+
+def verify(path: str | os.PathLike, digest: str) -> bool:
+    """The file's content has this digest, computed with the algorithm the digest names."""
+    return digest_of(path, _algo(digest)) == _norm_digest(digest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,27 +145,8 @@ def load(local_dir: str | os.PathLike) -> dict:
 
 
 def write(local_dir: str | os.PathLike, manifest: dict) -> None:
-    """Replace the manifest atomically: a temp file in the same directory, fsync, rename, fsync the directory."""
-    path = manifest_path(local_dir)
-    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        dfd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    """Replace the manifest atomically (fileops.atomic_write: temp file, fsync, rename, fsync the directory)."""
+    fileops.atomic_write(manifest_path(local_dir), json.dumps(manifest, indent=1, sort_keys=True) + "\n", mode=0o600)
 
 
 @contextlib.contextmanager
@@ -208,14 +201,25 @@ def entries(local_dir: str | os.PathLike, present_only: bool = True) -> list[dic
 
 def is_home(local_dir: str | os.PathLike, path: str, digest: str | None = None, verify: bool = False) -> bool:
     """`path` (relative to local_dir) is recorded as home, is on disk with its recorded size, and (when
-    given) has that digest; verify=True hashes the local file again."""
+    given) has that digest (a bare hex: the hex of the entry's); verify=True hashes the local file again with the
+    algorithm its entry names."""
     local_dir = Path(local_dir)
     entry = load(local_dir)["files"].get(str(path))
     if not entry or not _present(local_dir, entry):
         return False
-    if digest is not None and _norm_digest(digest) != _norm_digest(entry["digest"]):
+    if digest is not None:
+        given = str(digest).strip().lower()
+        if given != (_norm_digest(entry["digest"]) if ":" in given else _norm_digest(entry["digest"]).split(":", 1)[1]):
+            return False
+    return not verify or verify_entry(local_dir, entry)
+
+
+def verify_entry(local_dir: str | os.PathLike, entry: dict) -> bool:
+    """The entry's file at home still has its recorded digest."""
+    try:
+        return verify(Path(local_dir) / entry["path"], entry["digest"])
+    except OSError:
         return False
-    return not verify or sha256_file(local_dir / entry["path"]) == _norm_digest(entry["digest"])
 
 
 def missing(local_dir: str | os.PathLike, required: list[str]) -> list[str]:
@@ -236,34 +240,16 @@ def newest_epoch_checkpoint(local_dir: str | os.PathLike, job: str | None = None
     candidates = sorted((e for e in epochs if e.get("job") == job), key=lambda e: e["epoch"], reverse=True)
     for e in candidates:
         path = (local_dir / e["path"]).absolute()
-        if not verify or sha256_file(path) == _norm_digest(e["digest"]):
+        if not verify or verify_entry(local_dir, e):
             return e["epoch"], path
     return None
 
 
-def _flag_value(args: dict, flag: str | None):
-    value = (args or {}).get(flag) if flag else None
-    if isinstance(value, list):
-        value = value[0] if len(value) == 1 else None
-    return str(value) if value not in (None, True, False, "") else None
-
-
-def required_outputs(phase03: dict | None, curriculum: dict | None) -> list[str]:
-    """The campaign's results that must be home before the instance may go (group_vars/all.yml):
-    the Phase 0.3 output (codebook_code.bin), then every stage's output, in order."""
-    out: list[str] = []
-    if phase03:
-        p = _flag_value(phase03.get("args") or {}, phase03.get("output"))
-        if p:
-            out.append(p)
-    if curriculum:
-        common = curriculum.get("args") or {}
-        for stage in curriculum.get("stages") or []:
-            merged = {**common, **(stage.get("args") or {})}
-            p = _flag_value(merged, curriculum.get("output"))
-            if p and p not in out:
-                out.append(p)
-    return out
+def required_outputs(phase03: dict | None, curriculum_table: dict | None, settings: dict | None = None) -> list[str]:
+    """The campaign's results that must be home before the instance may go (group_vars/all.yml, as
+    volt_ansible.curriculum resolves it): the Phase 0.3 output (codebook_code.bin), then every stage's output, in order."""
+    s = curriculum.settings_from(None, settings)
+    return curriculum.outputs(curriculum.resolve(phase03 or None, curriculum_table or None, s, check_names=False))
 
 
 def summary(local_dir: str | os.PathLike, required: list[str] | None = None) -> dict:
@@ -378,7 +364,7 @@ def promote(local_dir: str | os.PathLike, items: list[dict], remote: dict | None
         if not staged.is_file():
             out["missing"].append({"src": src, "reason": "not downloaded"})
             continue
-        local_digest = sha256_file(staged)
+        local_digest = digest_of(staged, _algo(rem["digest"]))
         if local_digest != _norm_digest(rem["digest"]) or staged.stat().st_size != it["size"]:
             out["mismatch"].append({"src": src, "dest": dest, "local_digest": local_digest, "remote_digest": rem["digest"],
                                     "local_size": staged.stat().st_size, "size": it["size"]})
@@ -402,7 +388,7 @@ def promote(local_dir: str | os.PathLike, items: list[dict], remote: dict | None
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="home.py", description="The local backup directory and its manifest (roles/backup).")
+    ap = argparse.ArgumentParser(prog="python -m volt_ansible.home", description="The local backup directory and its manifest (roles/backup).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="create the directory, check it is writable and has room (and rsync runs); "
                                       "print {dir, free_bytes, known, rsync}")

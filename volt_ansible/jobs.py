@@ -1,11 +1,11 @@
 """Watch the training jobs on the instance: state, progress, ETA, GPU and CPU, warnings; logs; loss data.
 
-The jobs are those of group_vars/all.yml (volt_phase03, volt_curriculum) as roles/training_tmux runs them:
-each appends its output to its log and keeps `<status_dir>/<job>.status` (key=value lines) up to date.
-Everything here is a pure function of text read from the instance, except the few that run ssh
+The jobs are those of group_vars/all.yml (volt_phase03, volt_curriculum) as volt_ansible.curriculum resolves them
+and roles/training_tmux runs them: each appends its output to its log and keeps `<status_dir>/<job>.status` (key=value lines) up to date.
+Everything here (and in joblog, the parsing) is a pure function of text read from the instance, except the few that run ssh
 (`snapshot`, `fetch_logs`, `read_remote`) with the campaign's key and pinned host key (volt_ansible.ssh).
 
-    lay = layout(root)                                  # what to look at, from group_vars + the role's defaults
+    lay = layout(root)                                  # what to look at: group_vars, resolved
     snap = snapshot(volt_dir, host, port, lay)          # one ssh round trip -> Snapshot
     print("\\n".join(format_snapshot(snap)))
     os.execvp(*logs_command(volt_dir, host, port, "stage1", follow=True, layout=lay)[:1], ...)
@@ -14,30 +14,36 @@ Everything here is a pure function of text read from the instance, except the fe
 
 from __future__ import annotations
 
-import math
-import posixpath
 import re
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from volt_ansible import ssh
+from volt_ansible import curriculum, ssh
 from volt_ansible.errors import VoltError
+from volt_ansible.joblog import (
+    Gpu,
+    LogProgress,
+    eta_seconds,
+    fmt_duration,
+    iso_ts,
+    loss_series,
+    parse_gpu,
+    parse_loadavg,
+    parse_log,
+    parse_status,
+    validation_series,
+)
 
-# roles/training_tmux/defaults/main.yml is the source of these; used when the role is not beside us.
-ROLE_DEFAULTS = {
-    "training_tmux_dest": "/root/volt-x",
-    "training_tmux_session": "training",
-    "training_tmux_chain_name": "phase21",
-    "training_tmux_status_dir": "logs",
-    "training_tmux_script_dir": ".volt-train",
-    "training_tmux_epoch_owner_file": ".volt-epochs",
-}
+__all__ = ["GPU_LOW_PCT", "MARK", "STALL_S", "Gpu", "JobDef", "JobState", "Layout", "LogProgress", "Snapshot", "check_host_key", "eta_seconds",
+           "fetch_logs", "fmt_duration", "format_snapshot", "iso_ts", "layout", "layout_from", "logs_command", "loss_series", "parse_gpu",
+           "parse_loadavg", "parse_log", "parse_snapshot", "parse_status", "read_remote", "remote_script", "resolve_job", "snapshot",
+           "validation_series"]
+
 GPU_LOW_PCT = 50          # the guide: "If it shows <50%, ... data loading is the bottleneck"
 STALL_S = 15 * 60         # a running job's log that has not moved for this long is reported
 MARK = "@@volt-watch@@"   # section marker of the remote snapshot script's output
@@ -56,6 +62,7 @@ class JobDef:
     gpu: bool
     stage: int | None = None    # 1-based curriculum index; None for Phase 0.3
     epochs: int | None = None   # the configured --epochs, when the job has epoch checkpoints
+    epoch: dict | None = None   # where its epoch checkpoints are (volt_ansible.curriculum: dir, prefix, suffix, glob, owner, archive)
 
 
 @dataclass
@@ -68,6 +75,7 @@ class Layout:
     epoch_prefix: str = "scaled_vfn_epoch_"
     epoch_suffix: str = ".safetensors"
     epoch_owner: str = "checkpoints/.volt-epochs"
+    epoch_archive: str = "epochs"  # a finished job's epoch checkpoints: <epoch_dir>/<epoch_archive>/<job>/
 
     def job(self, name: str) -> JobDef:
         for j in [*self.jobs, self.chain]:
@@ -80,204 +88,39 @@ class Layout:
         return [j for j in self.jobs if j.stage is not None]
 
 
-def _first(args: dict, flag: str | None) -> str | None:
-    if not flag or args.get(flag) in (None, False, True):
-        return None
-    value = args[flag]
-    return str(value[0] if isinstance(value, list) else value)
-
-
-def layout_from(group_vars: dict, role_defaults: dict | None = None) -> Layout:
-    """The jobs and paths to watch, from group_vars (volt_phase03, volt_curriculum, training_tmux_* overrides)."""
-    knobs = {**ROLE_DEFAULTS, **(role_defaults or {}), **{k: v for k, v in group_vars.items() if k.startswith("training_tmux_")}}
-    dest, sdir, script_dir = str(knobs["training_tmux_dest"]), str(knobs["training_tmux_status_dir"]), str(knobs["training_tmux_script_dir"])
+def layout_from(group_vars: dict, settings: dict | None = None) -> Layout:
+    """The jobs and paths to watch, from group_vars (volt_phase03, volt_curriculum, training_tmux_* overrides) and
+    training_tmux's settings (default: the role's defaults file, volt_ansible.curriculum.role_defaults)."""
+    s = curriculum.settings_from(group_vars, settings)
     try:
         p03, cur = group_vars["volt_phase03"], group_vars["volt_curriculum"]
-        stages = cur["stages"]
+        cur["stages"]
     except (KeyError, TypeError) as e:
         raise VoltError(f"group_vars/all.yml has no training jobs ({e} missing): add volt_phase03 and volt_curriculum") from None
-
-    def script(name: str) -> str:
-        return posixpath.join(dest, script_dir, f"{name}.sh")
-
-    jobs = [JobDef(p03["name"], p03.get("title", p03["name"]), p03["log"], posixpath.join(sdir, f"{p03['name']}.status"),
-                   _first(p03.get("args") or {}, p03.get("output")) or "", script(p03["name"]), bool(p03.get("gpu", False)))]
-    common = cur.get("args") or {}
-    output_dir = "checkpoints"
-    for i, st in enumerate(stages, 1):
-        args = {**common, **(st.get("args") or {})}
-        epochs = _first(args, "--epochs")
-        out = _first(args, cur.get("output")) or ""
-        output_dir = posixpath.dirname(out) or "."
-        jobs.append(JobDef(st["name"], st.get("title", st["name"]), st["log"], posixpath.join(sdir, f"{st['name']}.status"), out,
-                           script(st["name"]), bool(cur.get("gpu", True)), i, int(epochs) if epochs and epochs.isdigit() else None))
-    cname = str(knobs["training_tmux_chain_name"])
-    chain = JobDef(cname, "Phase 2.1 chain", posixpath.join(sdir, f"{cname}.log"), posixpath.join(sdir, f"{cname}.status"), "",
-                   script(cname), False)
-    prefix, _, suffix = str(cur.get("epoch_checkpoint", "scaled_vfn_epoch_{epoch}.safetensors")).partition("{epoch}")
-    return Layout(dest, str(knobs["training_tmux_session"]), jobs, chain, output_dir, prefix, suffix,
-                  posixpath.join(output_dir, str(knobs["training_tmux_epoch_owner_file"])))
+    resolved = curriculum.resolve(p03, cur, s, check_names=False)
+    jobs = []
+    for j in resolved:
+        epochs = curriculum.flag_values(j["args"], "--epochs")[:1] if j["epoch"] else []
+        jobs.append(JobDef(j["name"], j["title"], j["log"], j["status"], j["output"], j["script_path"], j["gpu"], j["stage"],
+                           int(epochs[0]) if epochs and epochs[0].isdigit() else None, j["epoch"]))
+    c = curriculum.chain(s)
+    chain = JobDef(c["name"], "Phase 2.1 chain", c["log"], c["status"], "", c["script_path"], False)
+    lay = Layout(str(s["dest"]), str(s["session"]), jobs, chain, epoch_archive=str(s["epoch_archive"]))
+    epoch = next((j.epoch for j in reversed(jobs) if j.epoch), None)
+    if epoch:
+        lay.epoch_dir, lay.epoch_prefix, lay.epoch_suffix, lay.epoch_owner = epoch["dir"], epoch["prefix"], epoch["suffix"], epoch["owner"]
+    return lay
 
 
 def layout(root: Path | None = None) -> Layout:
-    """layout_from(group_vars/all.yml of the project at root, the role's defaults)."""
+    """layout_from(group_vars/all.yml of the project at root)."""
     root = root or Path.cwd()
     gv = root / "group_vars" / "all.yml"
     try:
         data = yaml.safe_load(gv.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise VoltError(f"cannot read {gv}: {e}: run from the project root") from None
-    defaults_file = root / "roles" / "training_tmux" / "defaults" / "main.yml"
-    defaults = {}
-    if defaults_file.exists():
-        raw = yaml.safe_load(defaults_file.read_text()) or {}
-        defaults = {k: v for k, v in raw.items() if k in ROLE_DEFAULTS and "{{" not in str(v)}
-    return layout_from(data, defaults)
-
-
-# --- parsing (pure) ----------------------------------------------------------------------------------
-
-_PROGRESS = re.compile(r"^epoch (\d+)/(\d+) step (\d+) loss ([-+0-9.eE]+|nan|inf)\s*$")
-_VALID = re.compile(r"^validation epoch (\d+) mse ([-+0-9.eE]+) cos_sim ([-+0-9.eE]+) dir_acc ([-+0-9.eE]+)")
-_CKPT = re.compile(r"^checkpoint epoch (\d+) -> (\S+)")
-_RESUMED = re.compile(r"^train-vfn: resumed from (\S+) at epoch (\d+)")
-_JOBSTART = re.compile(r"^volt-job: (\S+) start (\S+) attempt (\d+)(?: batch (\d+))?")
-_CODEBOOK = re.compile(r"^codebook-init: (encoded \d+/\d+ files|kmeans iter \d+/\d+.*|wrote .*)$")
-
-
-def parse_status(text: str) -> dict[str, str]:
-    """A <job>.status file (key=value lines) -> dict. Unknown lines are ignored."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-@dataclass
-class LogProgress:
-    epoch: int | None = None            # epoch of the last progress line
-    epochs: int | None = None
-    step: int | None = None
-    loss: float | None = None
-    last_checkpoint: int | None = None  # last epoch whose checkpoint was written
-    validation: dict[str, float] = field(default_factory=dict)  # last validation line
-    resumed_from: str | None = None
-    resumed_epoch: int | None = None
-    attempts: int = 0                   # "volt-job: ... start" lines
-    batch_size: int | None = None       # of the last attempt
-    errors: list[str] = field(default_factory=list)
-    oom: int = 0                        # out-of-memory failures
-    activity: str | None = None         # last progress line of a job without epochs (codebook-init)
-
-
-def parse_log(text: str) -> LogProgress:
-    """Progress of one job from its log (appended across restarts: the last run counts)."""
-    p = LogProgress()
-    for line in text.splitlines():
-        line = line.strip()
-        if m := _PROGRESS.match(line):
-            p.epoch, p.epochs, p.step, p.loss = int(m[1]), int(m[2]), int(m[3]), float(m[4])
-        elif m := _VALID.match(line):
-            p.validation = {"epoch": int(m[1]), "mse": float(m[2]), "cos_sim": float(m[3]), "dir_acc": float(m[4])}
-        elif m := _CKPT.match(line):
-            p.last_checkpoint = int(m[1])
-        elif m := _RESUMED.match(line):
-            p.resumed_from, p.resumed_epoch = m[1], int(m[2])
-        elif m := _JOBSTART.match(line):
-            p.attempts += 1
-            p.batch_size = int(m[4]) if m[4] else None
-        elif line.startswith("ERROR:"):
-            p.errors.append(line)
-            if "out of memory" in line:
-                p.oom += 1
-        elif m := _CODEBOOK.match(line):
-            p.activity = m[1]
-    return p
-
-
-def loss_series(text: str) -> list[tuple[int, float]]:
-    """(step, loss) of every progress line, by step; a step logged again after a resume keeps the later value."""
-    by_step: dict[int, float] = {}
-    for line in text.splitlines():
-        if m := _PROGRESS.match(line.strip()):
-            by_step[int(m[3])] = float(m[4])
-    return sorted(by_step.items())
-
-
-def validation_series(text: str) -> list[tuple[int, int, float]]:
-    """(epoch, step at that epoch's end, validation mse), the last run winning per epoch."""
-    out: dict[int, tuple[int, float]] = {}
-    step = 0
-    for line in text.splitlines():
-        line = line.strip()
-        if m := _PROGRESS.match(line):
-            step = int(m[3])
-        elif m := _VALID.match(line):
-            out[int(m[1])] = (step, float(m[2]))
-    return [(e, s, mse) for e, (s, mse) in sorted(out.items())]
-
-
-def iso_ts(value: str | None) -> float | None:
-    """'2025-01-31T12:00:00Z' -> epoch seconds (None for empty or unparsable)."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def eta_seconds(epochs: int | None, checkpoints: dict[int, float], now: float, since: float | None = None) -> float | None:
-    """Seconds left, from epoch timing: checkpoints maps epoch -> time its checkpoint was written.
-
-    Epoch durations are the gaps between consecutive epochs' checkpoints written after `since` (the current
-    attempt's start; a gap across a restart would count the downtime), plus the first such epoch measured
-    from `since`. None until one epoch of this run has finished; 0 when every epoch is done.
-    """
-    if not epochs or not checkpoints:
-        return None
-    last = max(checkpoints)
-    if last >= epochs:
-        return 0.0
-    recent = sorted((e, t) for e, t in checkpoints.items() if since is None or t >= since)
-    durations = [t2 - t1 for (e1, t1), (e2, t2) in zip(recent, recent[1:], strict=False) if e2 == e1 + 1 and t2 >= t1]
-    if since is not None and recent and recent[0][1] >= since:
-        durations.append(recent[0][1] - since)
-    if not durations:
-        return None
-    per_epoch = sum(durations) / len(durations)
-    return max(0.0, (epochs - last) * per_epoch - max(0.0, now - checkpoints[last]))
-
-
-@dataclass
-class Gpu:
-    index: int
-    util_pct: float
-    mem_used_mib: float
-    mem_total_mib: float
-
-
-def parse_gpu(samples: list[str]) -> list[Gpu] | None:
-    """nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits output, one text per
-    sample -> per GPU the mean utilization and the last memory; None when there is no usable output (no nvidia-smi)."""
-    per_gpu: dict[int, list[tuple[float, float, float]]] = {}
-    for text in samples:
-        rows = [ln for ln in text.splitlines() if ln.strip()]
-        for i, row in enumerate(rows):
-            parts = [p.strip() for p in row.split(",")]
-            try:
-                util, used, total = (float(x) for x in parts[:3])
-            except ValueError:
-                continue  # "[N/A]", an error message
-            per_gpu.setdefault(i, []).append((util, used, total))
-    if not per_gpu:
-        return None
-    return [Gpu(i, sum(v[0] for v in vals) / len(vals), vals[-1][1], vals[-1][2]) for i, vals in sorted(per_gpu.items())]
-
-
-def parse_loadavg(text: str) -> tuple[float, float, float] | None:
-    try:
-        a, b, c = text.split()[:3]
-        return float(a), float(b), float(c)
-    except ValueError:
-        return None
+    return layout_from(data)
 
 
 # --- the snapshot ----------------------------------------------------------------------------------
@@ -458,22 +301,6 @@ def _stage_no(lay: Layout, name: str | None) -> int:
     return 10**6
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or math.isnan(seconds):
-        return "n/a"
-    s = int(round(seconds))
-    d, s = divmod(s, 86400)
-    h, s = divmod(s, 3600)
-    m, s = divmod(s, 60)
-    if d:
-        return f"{d}d{h:02d}h"
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
-
-
 def format_snapshot(snap: Snapshot, stages_total: int | None = None) -> list[str]:
     """Plain text lines: one per job, then GPU and CPU, then the warnings ("warning: ...")."""
     total = stages_total or sum(1 for j in snap.jobs if j.stage is not None)
@@ -524,9 +351,8 @@ def format_snapshot(snap: Snapshot, stages_total: int | None = None) -> list[str
 
 
 def _ssh(volt_dir: Path, host: str, port: int) -> list[str]:
-    cmd = ssh.command(volt_dir, host, port)
-    cmd[1:1] = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
-    return cmd
+    conn = ssh.connection(volt_dir, host, port)
+    return [*ssh.argv(conn, connect_timeout=10), f"{conn['user']}@{conn['host']}"]
 
 
 def read_remote(volt_dir: Path, host: str, port: int, script: str, timeout: float = 60) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from volt_ansible import home
+from volt_ansible.backends.base import DEAD_STATUSES
 from volt_ansible.jobs import Layout
-from volt_ansible.vast import DEAD_STATUSES
 
 
 def lost_reason(live: dict | None, unreachable_since: float | None, ssh_dead_s: float, now: float) -> str:
@@ -27,7 +27,7 @@ def lost_reason(live: dict | None, unreachable_since: float | None, ssh_dead_s: 
 class Restore:
     """What a replacement instance gets from home, and which jobs it still has to run."""
 
-    files: list[dict] = field(default_factory=list)  # {path (under the backup dir), dest (under the repo), digest}
+    files: list[dict] = field(default_factory=list)  # {path (under the backup dir), dest (under the repo), digest "<algo>:<hex>"}
     pending: list[str] = field(default_factory=list)  # jobs whose output is not home, in spec order
     owner: str = ""  # the stage whose newest epoch checkpoint is restored
     resume_epoch: int | None = None
@@ -44,7 +44,9 @@ class Restore:
 
 def plan(lay: Layout, local_dir: Path) -> Restore:
     """From home.json: every finished job's output goes back (a chained stage is skipped only when its output
-    exists), the first unfinished stage resumes from its newest verified epoch checkpoint."""
+    exists), the first unfinished stage resumes from its newest verified epoch checkpoint, put where that stage's
+    epoch checkpoints live (the layout's jobs: volt_ansible.curriculum). Digests go as home.json records them
+    (their algorithm named), so the instance verifies each with the same algorithm."""
     local_dir = Path(local_dir).absolute()
     files = home.load(local_dir)["files"]
     out = Restore()
@@ -60,7 +62,8 @@ def plan(lay: Layout, local_dir: Path) -> Restore:
         if newest:
             epoch, path = newest
             rel = str(path.relative_to(local_dir))
-            out.epoch_dest = posixpath.join(lay.epoch_dir, f"{lay.epoch_prefix}{epoch}{lay.epoch_suffix}")
+            e = lay.job(stages[0]).epoch or {"dir": lay.epoch_dir, "prefix": lay.epoch_prefix, "suffix": lay.epoch_suffix}
+            out.epoch_dest = posixpath.join(e["dir"], f"{e['prefix']}{epoch}{e['suffix']}")
             out.files.append({"path": rel, "dest": out.epoch_dest, "digest": files[rel]["digest"]})
             out.owner, out.resume_epoch = stages[0], epoch
     return out

@@ -9,12 +9,13 @@ DOCUMENTATION = r"""
 module: backup_scan
 short_description: List the instance's finished training files, or digest them
 description:
-  - C(mode=list) finds the epoch checkpoints (live ones next to each stage's output and the ones training_tmux archived
-    under C(<dir>/<epoch_archive>/<job>/)), the stage outputs, the Phase 0.3 output and the files matching C(globs),
-    and returns the complete ones that are not home yet. Complete means not named C(*.tmp), not a dot file,
-    unchanged for C(stable_s) seconds, and, for a job output with a C(<status_dir>/<job>.status) file, C(state=done) in it.
-  - C(mode=digest) returns size, mtime and SHA-256 of the given paths as they are now.
-  - Paths are relative to C(root). Standard library only; never changes anything.
+  - C(mode=list) finds the epoch checkpoints (live ones in each job's epoch dir and the ones training_tmux archived
+    under C(<archive_dir>/<job>/)), the jobs' outputs and logs and the files matching C(globs), and returns the
+    complete ones that are not home yet. Complete means not named C(*.tmp), not a dot file, unchanged for
+    C(stable_s) seconds, and, for a job output whose job has a status file, C(state=done) in it.
+  - The jobs come resolved (volt_ansible.curriculum, through the role's backup_jobs filter): this module reads no job table.
+  - C(mode=digest) returns size, mtime and digest (volt_fileops' sha256t) of the given paths as they are now.
+  - Paths are relative to C(root). Standard library only (+ module_utils volt_fileops); never changes anything.
 options:
   mode:
     description: list or digest.
@@ -25,14 +26,13 @@ options:
     description: The Volt-X working copy on the instance.
     type: path
     required: true
-  phase03:
-    description: The Phase 0.3 job (group_vars volt_phase03).
-    type: dict
-    default: {}
-  curriculum:
-    description: The Phase 2.1 curriculum (group_vars volt_curriculum).
-    type: dict
-    default: {}
+  jobs:
+    description:
+      - "The training jobs, resolved: each {name, output, log, status, epoch: null or {dir, prefix, suffix, owner, archive_dir}}
+        (paths relative to root; owner: the file naming the job that writes the live epoch checkpoints)."
+    type: list
+    elements: dict
+    default: []
   globs:
     description: More files to bring home (glob patterns relative to root), e.g. logs/*.log.
     type: list
@@ -42,18 +42,6 @@ options:
     description: A file modified less than this many seconds ago is still being written and is skipped.
     type: int
     default: 60
-  status_dir:
-    description: Where the jobs' <job>.status files are (training_tmux_status_dir).
-    type: str
-    default: logs
-  epoch_owner_file:
-    description: The file next to the live epoch checkpoints that names the job writing them (training_tmux_epoch_owner_file).
-    type: str
-    default: .volt-epochs
-  epoch_archive:
-    description: Where finished jobs' epoch checkpoints go, <dir>/<epoch_archive>/<job>/ (training_tmux_epoch_archive).
-    type: str
-    default: epochs
   known:
     description: "Files already home: {local path: [size, mtime_ns]}; an unchanged one is not listed again."
     type: dict
@@ -63,6 +51,10 @@ options:
     type: list
     elements: str
     default: []
+  algo:
+    description: "mode=digest, {path: sha256} for a path to digest with a legacy entry's plain SHA-256; the others get sha256t."
+    type: dict
+    default: {}
 author: volt-ansible
 """
 
@@ -80,7 +72,7 @@ home:
   returned: always
   type: int
 digests:
-  description: "mode=digest, {path: {exists, size, mtime_ns, digest}}."
+  description: "mode=digest, {path: {exists, size, mtime_ns, digest}}; digest: sha256t:<hex> (sha256:<hex> where algo says so)."
   returned: always
   type: dict
 """
@@ -95,24 +87,18 @@ import shutil  # noqa: E402
 import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible.module_utils.volt_fileops import READ_BLOCK, file_digest  # noqa: E402
 
-EPOCH_TOKEN = "{epoch}"
 DONE_STATES = ("done",)
+LEGACY_ALGO = "sha256"  # a home.json entry written before sha256t: its file is verified with plain SHA-256
 
 
-def sha256_file(path):
+def legacy_sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(READ_BLOCK), b""):
             h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def flag_value(args, flag):
-    value = (args or {}).get(flag) if flag else None
-    if isinstance(value, list):
-        value = value[0] if len(value) == 1 else None
-    return str(value) if value not in (None, True, False, "") else None
+    return LEGACY_ALGO + ":" + h.hexdigest()
 
 
 def read_status(path):
@@ -131,28 +117,6 @@ def read_status(path):
     return kv.get("state", "").strip().lower()
 
 
-def jobs(phase03, curriculum):
-    """[(name, output path)] of the Phase 0.3 job and every stage, the epoch template (prefix, suffix) or None,
-    and the directories the stages write their outputs (and so their epoch checkpoints) to."""
-    out, stage_outputs = [], []
-    if phase03:
-        p = flag_value(phase03.get("args") or {}, phase03.get("output"))
-        if p and phase03.get("name"):
-            out.append((str(phase03["name"]), posixpath.normpath(p)))
-    common = (curriculum or {}).get("args") or {}
-    for stage in (curriculum or {}).get("stages") or []:
-        merged = dict(common)
-        merged.update(stage.get("args") or {})
-        p = flag_value(merged, curriculum.get("output"))
-        if p and stage.get("name"):
-            out.append((str(stage["name"]), posixpath.normpath(p)))
-            stage_outputs.append(posixpath.normpath(p))
-    template = (curriculum or {}).get("epoch_checkpoint") or ""
-    epoch = tuple(template.split(EPOCH_TOKEN, 1)) if EPOCH_TOKEN in template else None
-    stage_dirs = sorted({posixpath.dirname(p) or "." for p in stage_outputs}) if epoch else []
-    return out, epoch, stage_dirs
-
-
 def epoch_number(name, prefix, suffix):
     if not (name.startswith(prefix) and name.endswith(suffix)) or len(name) <= len(prefix) + len(suffix):
         return None
@@ -169,39 +133,45 @@ def scan(p, now):
         if src not in found:
             found[src] = {"src": src, "dest": posixpath.normpath(dest), "kind": kind, "job": job, "epoch": epoch}
 
-    job_list, epoch, stage_dirs = jobs(p["phase03"], p["curriculum"])
-    if epoch:
-        prefix, suffix = epoch
-        for d in stage_dirs:
-            owner = ""
-            try:
-                with open(os.path.join(root, d, p["epoch_owner_file"]), encoding="utf-8", errors="replace") as f:
-                    owner = f.read().strip()
-            except OSError:
-                pass
-            owner = owner if re.fullmatch(r"[A-Za-z0-9_-]+", owner or "") else ""
-            for path in glob.glob(os.path.join(glob.escape(os.path.join(root, d)), glob.escape(prefix) + "*" + glob.escape(suffix))):
-                name = os.path.basename(path)
-                n = epoch_number(name, prefix, suffix)
-                if n is not None:
-                    rel = posixpath.join(d, name)
-                    # every stage writes the same names: home keeps them per job, as the instance archives them
-                    add(rel, posixpath.join(d, p["epoch_archive"], owner, name) if owner else rel, "epoch", owner or None, n)
-            pattern = os.path.join(glob.escape(os.path.join(root, d, p["epoch_archive"])), "*", glob.escape(prefix) + "*" + glob.escape(suffix))
-            for path in glob.glob(pattern):
-                name, job = os.path.basename(path), os.path.basename(os.path.dirname(path))
-                n = epoch_number(name, prefix, suffix)
-                if n is not None:
-                    rel = posixpath.join(d, p["epoch_archive"], job, name)
-                    add(rel, rel, "epoch", job, n)
-    gated = {}
-    for name, output in job_list:
-        add(output, output, "output", name)
-        gated[output] = name
+    epoch_dirs = {}  # (dir, prefix, suffix) -> (owner file, archive dir): stages share one dir and one set of names
+    for job in p["jobs"]:
+        e = job.get("epoch")
+        if e:
+            key = (posixpath.normpath(e["dir"]), e["prefix"], e["suffix"])
+            epoch_dirs.setdefault(key, (posixpath.normpath(e["owner"]), posixpath.normpath(e["archive_dir"])))
+    for (d, prefix, suffix), (owner_file, archive_dir) in sorted(epoch_dirs.items()):
+        owner = ""
+        try:
+            with open(os.path.join(root, owner_file), encoding="utf-8", errors="replace") as f:
+                owner = f.read().strip()
+        except OSError:
+            pass
+        owner = owner if re.fullmatch(r"[A-Za-z0-9_-]+", owner or "") else ""
+        for path in glob.glob(os.path.join(glob.escape(os.path.join(root, d)), glob.escape(prefix) + "*" + glob.escape(suffix))):
+            name = os.path.basename(path)
+            n = epoch_number(name, prefix, suffix)
+            if n is not None:
+                rel = posixpath.join(d, name)
+                # every stage writes the same names: home keeps them per job, as the instance archives them
+                add(rel, posixpath.join(archive_dir, owner, name) if owner else rel, "epoch", owner or None, n)
+        pattern = os.path.join(glob.escape(os.path.join(root, archive_dir)), "*", glob.escape(prefix) + "*" + glob.escape(suffix))
+        for path in glob.glob(pattern):
+            name, job = os.path.basename(path), os.path.basename(os.path.dirname(path))
+            n = epoch_number(name, prefix, suffix)
+            if n is not None:
+                rel = posixpath.join(archive_dir, job, name)
+                add(rel, rel, "epoch", job, n)
+    gated = {}  # output -> (job, its status file)
+    for job in p["jobs"]:
+        add(job["output"], job["output"], "output", str(job["name"]))
+        gated[posixpath.normpath(job["output"])] = (str(job["name"]), job.get("status"))
     for pattern in p["globs"]:
         for path in glob.glob(os.path.join(glob.escape(root), pattern)):
             add(os.path.relpath(path, root).replace(os.sep, "/"), os.path.relpath(path, root).replace(os.sep, "/"), "log"
                 if path.endswith(".log") else "file")
+    for job in p["jobs"]:
+        if job.get("log"):
+            add(job["log"], job["log"], "log")
 
     files, skipped, home = [], [], 0
     for src in sorted(found):
@@ -221,11 +191,11 @@ def scan(p, now):
         if age < p["stable_s"]:
             skipped.append({"src": src, "reason": f"modified {max(age, 0):.0f}s ago (still being written?), backup_stable_s={p['stable_s']}"})
             continue
-        if src in gated:
-            state = read_status(os.path.join(root, p["status_dir"], gated[src] + ".status"))
+        if src in gated and gated[src][1]:
+            name, status = gated[src]
+            state = read_status(os.path.join(root, status))
             if state is not None and state not in DONE_STATES:
-                status = f"{p['status_dir']}/{gated[src]}.status"
-                skipped.append({"src": src, "reason": f"job {gated[src]} is not done ({status}: state={state or '?'})"})
+                skipped.append({"src": src, "reason": f"job {name} is not done ({status}: state={state or '?'})"})
                 continue
         k = p["known"].get(it["dest"])
         if k and len(k) == 2 and k[0] == st.st_size and k[1] == st.st_mtime_ns:
@@ -237,13 +207,13 @@ def scan(p, now):
     return files, skipped, home
 
 
-def digest(root, paths):
+def digest(root, paths, algo=None):
     out = {}
     for rel in paths:
         path = os.path.join(root, rel)
         try:
             st1 = os.stat(path)
-            d = sha256_file(path)
+            d = legacy_sha256(path) if (algo or {}).get(rel) == LEGACY_ALGO else file_digest(path)
             st2 = os.stat(path)
         except OSError:
             out[rel] = {"exists": False}
@@ -260,15 +230,12 @@ def main():
         argument_spec={
             "mode": {"type": "str", "choices": ["list", "digest"], "default": "list"},
             "root": {"type": "path", "required": True},
-            "phase03": {"type": "dict", "default": {}},
-            "curriculum": {"type": "dict", "default": {}},
+            "jobs": {"type": "list", "elements": "dict", "default": []},
             "globs": {"type": "list", "elements": "str", "default": []},
             "stable_s": {"type": "int", "default": 60},
-            "status_dir": {"type": "str", "default": "logs"},
-            "epoch_owner_file": {"type": "str", "default": ".volt-epochs"},
-            "epoch_archive": {"type": "str", "default": "epochs"},
             "known": {"type": "dict", "default": {}},
             "paths": {"type": "list", "elements": "str", "default": []},
+            "algo": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
@@ -277,12 +244,12 @@ def main():
     result = {"changed": False, "root": root, "root_exists": os.path.isdir(root), "rsync": bool(shutil.which("rsync")),
               "files": [], "waiting": [], "home": 0, "digests": {}}
     if p["mode"] == "digest":
-        result["digests"] = digest(root, p["paths"])
+        result["digests"] = digest(root, p["paths"], p["algo"])
     elif result["root_exists"]:
         try:
             result["files"], result["waiting"], result["home"] = scan(p, time.time())
-        except (TypeError, AttributeError, ValueError) as e:
-            module.fail_json(msg=f"backup: cannot read the jobs from volt_phase03/volt_curriculum ({e})", **result)
+        except (TypeError, AttributeError, ValueError, KeyError) as e:
+            module.fail_json(msg=f"backup: cannot read the jobs (backup_jobs: each {{name, output, log, status, epoch}}) ({e!r})", **result)
     module.exit_json(**result)
 
 

@@ -6,6 +6,9 @@
                            -> what to start, what to report, and every problem that stops the launch
     training_tmux_argv     one job's flag table -> argv tokens (flag: value / list repeats / true alone / null out)
 
+The job tables are read by volt_ansible.curriculum (the one resolver every consumer shares); this file adds what
+only the launch needs: the chain, the launcher, training_tmux_env, and the decisions.
+
 Job names are the data_sync contract: phase03, stage1, stage2, ... (<ready_dir>/<job>.ready).
 """
 
@@ -13,70 +16,31 @@ from __future__ import annotations
 
 import posixpath
 import re
-import shlex
+
+from volt_ansible import curriculum
 
 try:
     from ansible.errors import AnsibleFilterError
 except ImportError:  # imported outside Ansible (unit tests)
     AnsibleFilterError = ValueError
 
-EPOCH_TOKEN = "{epoch}"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a shell accepts after `export` (fullmatch)
-
-
-def _scalar(value) -> str:
-    return str(value)  # quote a number in YAML ("1e-4") to keep its exact spelling
+# The keys of a job in the plan (volt_ansible.curriculum resolves more: kind, args, stage).
+PLAN_KEYS = ("name", "title", "gpu", "bin", "argv", "command", "inputs", "output", "log", "status", "script", "script_path", "ready",
+             "batch_flag", "batches", "oom_pattern", "resume_flag", "epoch", "previous")
 
 
 def training_tmux_argv(args, where: str = "args") -> list[str]:
     """Flag table (ordered mapping) -> argv tokens. A list repeats the flag, true gives it alone, null/false drops it."""
-    if not isinstance(args, dict):
-        raise AnsibleFilterError(f"{where} must be a mapping of flag: value, not {type(args).__name__}")
-    argv: list[str] = []
-    for flag, value in args.items():
-        flag = str(flag)
-        if value is None or value is False:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                if item is None or isinstance(item, dict | list):
-                    raise AnsibleFilterError(f"{where}.{flag}: list items must be plain values, got {item!r}")
-                argv += [flag, _scalar(item)]
-        elif isinstance(value, dict):
-            raise AnsibleFilterError(f"{where}.{flag}: a value must be a string, number, list, true or null, not a mapping")
-        else:
-            argv += [flag, _scalar(value)]
-    return argv
-
-
-def _values(args: dict, flag: str) -> list[str]:
-    value = args.get(flag)
-    if value is None or value is False or value is True:
-        return []
-    if isinstance(value, list | tuple):
-        return [_scalar(v) for v in value]
-    return [_scalar(value)]
+    try:
+        return curriculum.argv(args, where)
+    except curriculum.CurriculumError as e:
+        raise AnsibleFilterError(str(e)) from None
 
 
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise AnsibleFilterError(f"training_tmux: {msg}")
-
-
-def _one_line(value, where: str) -> str:
-    """A title, path or pattern that lands in a script's comments, a log line or a status file: no newline or control
-    character (a newline would start a new key=value line in a status file). Everything else is quoted where it is used."""
-    text = str(value)
-    _require(not any(ord(c) < 32 or ord(c) == 127 for c in text), f"{where} must be one line (no newline or control character), got {text!r}")
-    return text
-
-
-def _plain_name(value, where: str) -> str:
-    name = str(value)
-    _require(bool(name) and all(c.isalnum() or c in "-_" for c in name), f"{where} must be a plain name (letters, digits, - or _), got {name!r}")
-    return name
 
 
 def _env(env) -> list[list[str]]:
@@ -88,92 +52,20 @@ def _env(env) -> list[list[str]]:
     return [[key, str(value)] for key, value in env.items()]
 
 
-def _job(defn: dict, args: dict, where: str, kind: dict, s: dict) -> dict:
-    name = _plain_name(defn.get("name", ""), f"{where}.name")
-    _require(bool(kind.get("bin")), f"{where}: bin (the binary under {s['bin_dir']}) is missing")
-    _require(bool(defn.get("log")), f"{where}.log (the job's log file) is missing")
-    out_flag = kind.get("output")
-    outputs = _values(args, out_flag) if out_flag else []
-    _require(len(outputs) == 1, f"{where}: the output flag {out_flag!r} must have exactly one value, got {outputs or 'none'}")
-    output = _one_line(outputs[0], f"{where}: the output ({out_flag})")
-    inputs = [_one_line(v, f"{where}: input {flag}") for flag in kind.get("inputs", []) for v in _values(args, flag)]
-    for flag in kind.get("inputs", []):
-        _require(bool(_values(args, flag)), f"{where}: input flag {flag} has no value (set it in args)")
-    argv = training_tmux_argv(args, f"{where}.args")
-    bin_path = posixpath.join(s["bin_dir"], _one_line(kind["bin"], f"{where}: bin"))
-    batch_flag = _one_line(kind["batch_flag"], f"{where}: batch_flag") if kind.get("batch_flag") else None
-    batches: list[int] = []
-    if batch_flag and _values(args, batch_flag):
-        first = int(_values(args, batch_flag)[0])
-        batches = [first] + [int(b) for b in kind.get("oom_batch_sizes", []) if int(b) < first]
-    epoch = None
-    template = kind.get("epoch_checkpoint")
-    if template:
-        template = _one_line(template, f"{where}: epoch_checkpoint")
-        _require(EPOCH_TOKEN in template, f"{where}: epoch_checkpoint must contain {EPOCH_TOKEN}, got {template!r}")
-        prefix, _, suffix = template.partition(EPOCH_TOKEN)
-        edir = posixpath.dirname(output) or "."
-        epoch = {"dir": edir, "prefix": prefix, "suffix": suffix, "glob": posixpath.join(edir, prefix + "*" + suffix),
-                 "owner": posixpath.join(edir, s["epoch_owner_file"]), "archive": posixpath.join(edir, s["epoch_archive"], name)}
-    return {
-        "name": name,
-        "title": _one_line(defn.get("title", name), f"{where}.title"),
-        "gpu": bool(kind.get("gpu", False)),
-        "bin": bin_path,
-        "argv": [bin_path, *argv],
-        "command": shlex.join([bin_path, *argv]),
-        "inputs": inputs,
-        "output": output,
-        "log": _one_line(defn["log"], f"{where}.log"),
-        "status": posixpath.join(s["status_dir"], f"{name}.status"),
-        "script": posixpath.join(s["script_dir"], f"{name}.sh"),
-        "script_path": posixpath.join(s["dest"], s["script_dir"], f"{name}.sh"),
-        "ready": posixpath.join(s["ready_dir"], name + s["ready_suffix"]),
-        "batch_flag": batch_flag if batches else None,
-        "batches": batches,
-        "oom_pattern": _one_line(kind.get("oom_pattern", ""), f"{where}: oom_pattern") if batches else "",
-        "resume_flag": _one_line(kind.get("resume_flag", "--resume"), f"{where}: resume_flag") if epoch else None,
-        "epoch": epoch,
-        "previous": None,
-    }
-
-
-def training_tmux_plan(phase03: dict, curriculum: dict, settings: dict, env=None) -> dict:
+def training_tmux_plan(phase03: dict, curriculum_table: dict, settings: dict, env=None) -> dict:
     """The group_vars tables + knobs (+ training_tmux_env) -> {'phase03': job, 'stages': [job, ...], 'chain': {...},
     'launcher': path, 'dirs': [path], 'env': [[name, value]]} (job paths relative to dest)."""
-    s = {key: _one_line(value, f"training_tmux_{key}") for key, value in settings.items()}
-    for key in ("chain_name", "session"):
-        if key in s:
-            _plain_name(s[key], f"training_tmux_{key}")
     _require(isinstance(phase03, dict), "the Phase 0.3 job (volt_phase03) must be a mapping")
-    _require(isinstance(curriculum, dict), "the curriculum (volt_curriculum) must be a mapping")
-    p03 = _job(phase03, phase03.get("args") or {}, "volt_phase03", phase03, s)
-    common = curriculum.get("args") or {}
-    _require(isinstance(common, dict), "volt_curriculum.args must be a mapping of flag: value")
-    stages_in = curriculum.get("stages") or []
-    _require(isinstance(stages_in, list) and len(stages_in) > 0, "volt_curriculum.stages must list at least one stage")
-    stages = []
-    for i, st in enumerate(stages_in, 1):
-        where = f"volt_curriculum.stages[{i - 1}]"
-        _require(isinstance(st, dict), f"{where} must be a mapping")
-        own = st.get("args") or {}
-        _require(isinstance(own, dict), f"{where}.args must be a mapping of flag: value")
-        merged = dict(common)
-        merged.update(own)  # a stage's value replaces the common one in place; new flags go last
-        job = _job(st, merged, where, curriculum, s)
-        job["index"] = i
-        if stages:
-            job["previous"] = {"name": stages[-1]["name"], "output": stages[-1]["output"]}
-        stages.append(job)
-    names = [p03["name"]] + [j["name"] for j in stages] + [s["chain_name"]]
-    _require(len(set(names)) == len(names), f"job names must be unique: {names}")
-    chain = {"name": s["chain_name"], "status": posixpath.join(s["status_dir"], f"{s['chain_name']}.status"),
-             "log": posixpath.join(s["status_dir"], f"{s['chain_name']}.log"),
-             "script": posixpath.join(s["script_dir"], f"{s['chain_name']}.sh"),
-             "script_path": posixpath.join(s["dest"], s["script_dir"], f"{s['chain_name']}.sh")}
+    _require(isinstance(curriculum_table, dict), "the curriculum (volt_curriculum) must be a mapping")
+    try:
+        jobs = curriculum.resolve(phase03, curriculum_table, settings)
+    except curriculum.CurriculumError as e:
+        raise AnsibleFilterError(f"training_tmux: {e}") from None
+    p03, *stages = [{key: job[key] for key in PLAN_KEYS} | ({"index": job["stage"]} if job["stage"] else {}) for job in jobs]
+    s = {key: str(value) for key, value in settings.items()}
     launcher = posixpath.join(s["dest"], s["script_dir"], "launch.sh")
     dirs = [posixpath.join(s["dest"], s["script_dir"]), posixpath.join(s["dest"], s["status_dir"])]
-    return {"phase03": p03, "stages": stages, "chain": chain, "launcher": launcher, "dirs": dirs, "env": _env(env or {})}
+    return {"phase03": p03, "stages": stages, "chain": curriculum.chain(settings), "launcher": launcher, "dirs": dirs, "env": _env(env or {})}
 
 
 def training_tmux_probe_job(job: dict) -> dict:
