@@ -1,10 +1,13 @@
 """Query building, ranking, and the double's Vast search semantics, through the SDK's own parser."""
 
+import pytest
 from conftest import REPO
 from vastai.api.query import offers_alias, offers_fields, offers_mult, parse_query
 
+from volt_ansible import backends
 from volt_ansible import spec as spec_mod
-from volt_ansible import vast
+from volt_ansible.backends import vast
+from volt_ansible.errors import VoltError
 from volt_ansible.local import offers
 
 SPEC = spec_mod.load(REPO / "group_vars/all.yml").instance
@@ -47,3 +50,15 @@ def test_double_hides_rented_offers_and_honours_limit_and_bid_type():
     assert 31004 not in [o["id"] for o in got] and len(got) == 2
     bid = offers.search({"type": "bid", "gpu_name": {"eq": "RTX 5090"}}, set())
     assert all(o["dph_total"] == o["min_bid"] for o in bid)
+
+
+def test_backends_by_name_and_what_only_the_local_one_does(monkeypatch, tmp_path):
+    with pytest.raises(VoltError, match=r"--backend 'gcp' is not a backend: use vast or local"):
+        backends.named("gcp")
+    monkeypatch.setattr(vast, "_secrets", {})
+    monkeypatch.setenv("VAST_API_KEY", "k")
+    with backends.open_backend("vast", tmp_path) as b:
+        assert b.name == "vast" and b.instance_vars(tmp_path, print) == {}
+        assert backends.kind("vast").data_root(tmp_path, tmp_path) is None
+        with pytest.raises(VoltError, match="only the local one can"):
+            b.preempt(1)

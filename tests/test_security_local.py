@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from volt_ansible import home, vast
+from volt_ansible import home
+from volt_ansible.backends import vast
 from volt_ansible.local import server as server_mod
 from volt_ansible.local.double import LocalVast
 from volt_ansible.local.server import DoubleServer
@@ -78,9 +79,9 @@ def test_vast_client_takes_the_key_out_of_the_environment(monkeypatch, tmp_path)
     monkeypatch.setattr(vast, "_secrets", {})
     monkeypatch.setenv("VAST_API_KEY", MARKER)
     monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")  # not a secret: stays
-    first = vast.Vast("vast", tmp_path)
+    first = vast.VastBackend(tmp_path)
     assert "VAST_API_KEY" not in os.environ and os.environ["VAST_URL"] == "http://127.0.0.1:9"
-    second = vast.Vast("vast", tmp_path)  # later clients of the same command still have it
+    second = vast.VastBackend(tmp_path)  # later clients of the same command still have it
     assert first.sdk.client.api_key == second.sdk.client.api_key == MARKER
 
 

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ansible_runner
+
 from volt_ansible import notices, runlock, ssh
+from volt_ansible.backends.vast import take_secrets
 from volt_ansible.errors import VoltError
 
 
@@ -75,8 +78,6 @@ def run(
     Extra vars go to a throwaway private_data_dir (ansible-runner reads env/extravars back
     on a later run in the same dir); secrets never go there.
     """
-    import ansible_runner
-
     failures: list[Failure] = []
     tasks_seen = 0
 
@@ -97,8 +98,6 @@ def run(
     # only warn (Ansible's `StrictHostKeyChecking=no` comes first on the ssh command line).
     env = {"VOLT_DIR": str(volt_dir), "ANSIBLE_CONFIG": str(root / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_HOST_KEY_CHECKING": "True"}
-    from volt_ansible.vast import take_secrets
-
     take_secrets()  # ansible-runner copies os.environ whole into the run (and its artifacts): never the Vast API key
     with runlock.held(volt_dir, playbook.stem, notices.say) as token:
         pdd = tempfile.mkdtemp(prefix="volt-runner-")

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from volt_ansible import state as state_mod
+from volt_ansible.backends import Backend
 from volt_ansible.state import Instance, LedgerEntry, State
-from volt_ansible.vast import Vast
 
 
 @dataclass
@@ -32,13 +32,13 @@ def _label(row: dict) -> str:
     return str(row.get("label") or "")
 
 
-def run(state: State, vast: Vast, say: Callable[[str], None]) -> Seen:
-    rows = vast.instances()
+def run(state: State, backend: Backend, say: Callable[[str], None]) -> Seen:
+    rows = backend.instances()
     seen = Seen()
     owned = {i.id for i in state.owned()}
     mine = sorted((r for r in rows if state.owner and _label(r).startswith(state.label_prefix())), key=lambda r: r["id"])
     c = state.creating
-    if c is not None and c.backend == vast.backend:
+    if c is not None and c.backend == backend.name:
         match = [r for r in mine if _label(r) == c.label and r["id"] not in owned]
         if match and state.instance is None:
             row = match[0]
@@ -53,9 +53,9 @@ def run(state: State, vast: Vast, say: Callable[[str], None]) -> Seen:
     for row in (r for r in mine if r["id"] not in owned):
         say(f"instance {row['id']} (label {_label(row)}) was rented by this campaign but is not in {state_mod.path()}: "
             "destroying it so it stops billing")
-        if vast.destroy(row["id"]) and not any(e.instance_id == row["id"] for e in state.ledger):
+        if backend.destroy(row["id"]) and not any(e.instance_id == row["id"] for e in state.ledger):
             now = time.time()
-            state.ledger.append(LedgerEntry(instance_id=row["id"], backend=vast.backend, dph_total=float(row.get("dph_total") or 0),
+            state.ledger.append(LedgerEntry(instance_id=row["id"], backend=backend.name, dph_total=float(row.get("dph_total") or 0),
                                             started_at=float(row.get("start_date") or now), ended_at=now, end_reason="stray: destroyed"))
         seen.destroyed.append(row["id"])
         state_mod.save(state)

@@ -14,9 +14,9 @@ from pathlib import Path
 from volt_ansible import crashpoints, notices, reconcile, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
+from volt_ansible.backends import DEAD_STATUSES, Backend
 from volt_ansible.errors import VoltError
 from volt_ansible.state import Creating, Instance, LedgerEntry, State
-from volt_ansible.vast import DEAD_STATUSES, Backend, Vast
 
 Progress = Callable[[str], None]
 
@@ -35,15 +35,15 @@ class Plan:
         return self.dph * 24
 
 
-def choose(vast: Vast, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
-    found = vast.search(spec.instance)
+def choose(backend: Backend, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
+    found = backend.search(spec.instance)
     if offer_id is not None:
         match = next((o for o in found if o["id"] == offer_id), None)
         if match is None:
             raise VoltError(f"offer {offer_id} is not among the offers matching the spec: run `volt-ansible offers` and pick an ID it lists")
         return Plan(match, match["dph_total"])
     if not found:
-        raise VoltError(f"no offer matches the spec: {vast.explain_no_match(spec.instance)}")
+        raise VoltError(f"no offer matches the spec: {backend.explain_no_match(spec.instance)}")
     return Plan(found[0], found[0]["dph_total"])
 
 
@@ -60,12 +60,12 @@ def close_ledger(state: State, instance_id: int, reason: str) -> None:
         entry.end_reason = reason
 
 
-def _abandon(vast: Vast, state: State, reason: str) -> VoltError:
+def _abandon(backend: Backend, state: State, reason: str) -> VoltError:
     """Destroy a half-made instance (nothing is on it yet) so a failed provision never keeps billing."""
     assert state.instance is not None
     iid = state.instance.id
     try:
-        vast.destroy(iid)
+        backend.destroy(iid)
         outcome = f"instance {iid} was destroyed"
     except VoltError as e:
         outcome = f"destroying instance {iid} failed too ({e}): run `volt-ansible destroy --yes`"
@@ -76,23 +76,24 @@ def _abandon(vast: Vast, state: State, reason: str) -> VoltError:
     return VoltError(f"{reason}; {outcome}")
 
 
-def _wait_running(vast: Vast, state: State, timeout: float, interval: float, progress: Progress) -> dict:
+def _wait_running(backend: Backend, state: State, timeout: float, interval: float, progress: Progress) -> dict:
     assert state.instance is not None
     iid, deadline, last = state.instance.id, time.monotonic() + timeout, "unknown"
     while True:
-        row = vast.show(iid)
+        row = backend.show(iid)
         last = (row or {}).get("actual_status") or "created"
         progress(f"instance {iid}: {last}")
         if row is None:
-            raise _abandon(vast, state, f"instance {iid} vanished from the API while starting")
+            raise _abandon(backend, state, f"instance {iid} vanished from the API while starting")
         if last == "running" and row.get("ssh_port"):
             return row
         if last in DEAD_STATUSES:
             msg = row.get("status_msg") or "no message"
-            raise _abandon(vast, state, f"instance {iid} went {last} while starting ({msg}): the host is unusable, provision again to rent another")
+            raise _abandon(backend, state,
+                           f"instance {iid} went {last} while starting ({msg}): the host is unusable, provision again to rent another")
         if time.monotonic() > deadline:
             raise _abandon(
-                vast,
+                backend,
                 state,
                 f"instance {iid} did not reach running in {timeout:g} s (last status {last}): "
                 f"provision again, or raise volt_provision.running_timeout_s",
@@ -100,7 +101,7 @@ def _wait_running(vast: Vast, state: State, timeout: float, interval: float, pro
         time.sleep(interval)
 
 
-def _wait_ssh(vast: Vast, state: State, host: str, port: int, timeout: float, interval: float, progress: Progress) -> None:
+def _wait_ssh(backend: Backend, state: State, host: str, port: int, timeout: float, interval: float, progress: Progress) -> None:
     volt_dir, deadline = state_mod.volt_dir(), time.monotonic() + timeout
     pinned = False
     while time.monotonic() < deadline:
@@ -113,7 +114,7 @@ def _wait_ssh(vast: Vast, state: State, host: str, port: int, timeout: float, in
         progress(f"waiting for sshd on {host}:{port}")
         time.sleep(min(interval, 1.0))
     raise _abandon(
-        vast,
+        backend,
         state,
         f"sshd on {host}:{port} did not accept the campaign key within {timeout:g} s: provision again, or raise volt_provision.ssh_timeout_s",
     )
@@ -136,79 +137,68 @@ def _uninterrupted() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _bring_up(vast: Vast, spec: spec_mod.Spec, state: State, public_key: str, progress: Progress) -> Instance:
+def _bring_up(backend: Backend, spec: spec_mod.Spec, state: State, public_key: str, progress: Progress) -> Instance:
     """A recorded instance -> running, price re-checked, SSH with the campaign key; marked ready."""
     assert state.instance is not None
     iid = state.instance.id
     try:
-        vast.attach_ssh(iid, public_key)
+        backend.attach_ssh(iid, public_key)
     except VoltError as e:
-        raise _abandon(vast, state, str(e)) from None
+        raise _abandon(backend, state, str(e)) from None
     p = spec.provision
-    row = _wait_running(vast, state, p.running_timeout_s, p.poll_interval_s, progress)
+    row = _wait_running(backend, state, p.running_timeout_s, p.poll_interval_s, progress)
     live = float(row.get("dph_total") or 0)
     cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
     if live > cap:
-        raise _abandon(vast, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
+        raise _abandon(backend, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
     state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
     try:
         host, port = ssh.check_host(row["ssh_host"]), int(row["ssh_port"])
     except (VoltError, ValueError) as e:
-        raise _abandon(vast, state, f"instance {iid}: the API gave an unusable ssh address ({e})") from None
+        raise _abandon(backend, state, f"instance {iid}: the API gave an unusable ssh address ({e})") from None
     record(state, ssh_host=host, ssh_port=port, dph_total=live, status="running")
-    _wait_ssh(vast, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
+    _wait_ssh(backend, state, host, port, p.ssh_timeout_s, p.poll_interval_s, progress)
     record(state, ready=True)
     return state.instance
 
 
-def resume(spec: spec_mod.Spec, state: State, progress: Progress = quiet) -> Instance:
-    """Finish bringing up an instance whose rent was interrupted (recorded, not yet ready)."""
+def resume(backend: Backend, spec: spec_mod.Spec, state: State, progress: Progress = quiet) -> Instance:
+    """Finish bringing up an instance whose rent was interrupted (recorded, not yet ready) on its backend."""
     assert state.instance is not None
-    volt_dir = state_mod.volt_dir()
-    with Vast(state.instance.backend, volt_dir) as vast:
-        return _bring_up(vast, spec, state, ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}"), progress)
+    public_key = ssh.ensure_key(state_mod.volt_dir(), f"volt-ansible:{spec.campaign}")
+    return _bring_up(backend, spec, state, public_key, progress)
 
 
 def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_id: int | None = None, progress: Progress = quiet) -> Instance:
     """Rent the chosen offer as state.instance (recorded the moment it exists), wait for running + SSH."""
-    volt_dir = state_mod.volt_dir()
-    world, host_vars = None, {}
-    if backend == "local":
-        from volt_ansible.local import podman
-        from volt_ansible.local.world import World
-
-        podman.require()
-
-        progress("preparing the local world (fixture repo, toolchain archive)")
-        world = World(root, volt_dir / "local")
-        host_vars = world.host_vars()
-    with Vast(backend, volt_dir, world) as vast:
-        public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
-        chosen = choose(vast, spec, offer_id)
-        progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
-        with _uninterrupted():
-            # The intent goes to disk before the request: whatever kills this process from here on, the next command
-            # finds the instance by its label (reconcile) instead of renting a second one.
-            state.campaign = spec.campaign
-            intent = Creating(offer_id=chosen.offer["id"], backend=backend, label=state.new_label(), gpu_name=chosen.offer["gpu_name"],
-                              dph_total=chosen.dph, host_vars=host_vars)
-            state.creating = intent
+    volt_dir, name = state_mod.volt_dir(), backend.name
+    host_vars = backend.instance_vars(root, progress)
+    public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
+    chosen = choose(backend, spec, offer_id)
+    progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
+    with _uninterrupted():
+        # The intent goes to disk before the request: whatever kills this process from here on, the next command
+        # finds the instance by its label (reconcile) instead of renting a second one.
+        state.campaign = spec.campaign
+        intent = Creating(offer_id=chosen.offer["id"], backend=name, label=state.new_label(), gpu_name=chosen.offer["gpu_name"],
+                          dph_total=chosen.dph, host_vars=host_vars)
+        state.creating = intent
+        state_mod.save(state)
+        try:
+            iid = backend.create(chosen.offer["id"], spec.instance, label=intent.label)
+        except VoltError:
+            reconcile.run(state, backend, notices.say)  # a create that succeeded before an error (a 502, a retry) is adopted
+            if state.instance is None:
+                raise
+        else:
+            crashpoints.here("create.record")
+            state.instance = Instance(id=iid, offer_id=intent.offer_id, backend=name, gpu_name=intent.gpu_name,
+                                      dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at)
+            state.ledger.append(LedgerEntry(instance_id=iid, backend=name, dph_total=intent.dph_total, started_at=intent.at))
+            state.creating = None
             state_mod.save(state)
-            try:
-                iid = vast.create(chosen.offer["id"], spec.instance, label=intent.label)
-            except VoltError:
-                reconcile.run(state, vast, notices.say)  # a create that succeeded before an error (a 502, a retry) is adopted
-                if state.instance is None:
-                    raise
-            else:
-                crashpoints.here("create.record")
-                state.instance = Instance(id=iid, offer_id=intent.offer_id, backend=backend, gpu_name=intent.gpu_name,
-                                          dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at)
-                state.ledger.append(LedgerEntry(instance_id=iid, backend=backend, dph_total=intent.dph_total, started_at=intent.at))
-                state.creating = None
-                state_mod.save(state)
-                try:  # the SDK retried a create that had succeeded: the other copy goes (every later command sweeps too)
-                    reconcile.run(state, vast, notices.say)
-                except VoltError as e:
-                    notices.say(f"instance {iid} is recorded; checking the account for a duplicate failed ({e}): the next command does it")
-        return _bring_up(vast, spec, state, public_key, progress)
+            try:  # the SDK retried a create that had succeeded: the other copy goes (every later command sweeps too)
+                reconcile.run(state, backend, notices.say)
+            except VoltError as e:
+                notices.say(f"instance {iid} is recorded; checking the account for a duplicate failed ({e}): the next command does it")
+    return _bring_up(backend, spec, state, public_key, progress)

@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
+from volt_ansible.fileops import atomic_write
 
 TOKEN_VAR = "volt_run_token"
 
@@ -98,10 +99,4 @@ def _read(record: Path) -> dict:
 
 
 def _write(record: Path, data: dict) -> None:
-    tmp = record.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, record)
+    atomic_write(record, json.dumps(data), mode=0o600)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from volt_ansible.errors import VoltError
+from volt_ansible.fileops import atomic_write
 
 STATE_VERSION = 1
 
@@ -148,21 +148,7 @@ def load() -> State:
 
 
 def save(state: State) -> None:
-    """Write-to-temp, fsync, rename: a crash leaves the old file or the new one, never half of either."""
+    """Written atomically and durably (fileops.atomic_write): a crash leaves the old file or the new one, never half."""
     p = path()
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(state.model_dump_json(indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(p, state.model_dump_json(indent=2), mode=0o600)

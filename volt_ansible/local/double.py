@@ -8,12 +8,15 @@ import json
 import os
 import secrets
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
+from volt_ansible.fileops import atomic_write
 from volt_ansible.local import hosts, offers, podman
 from volt_ansible.local.world import World
 
@@ -53,12 +56,8 @@ class LocalVast:
             data.setdefault("instances", {})
             data.setdefault("faults", {"http": [], "next_create": [], "dph_factor": 1.0, "loading_s": 0.5})
             yield data
-            tmp = p.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # instances, ports, attached keys: private
-            with os.fdopen(fd, "w") as f:
-                os.fchmod(f.fileno(), 0o600)  # a .tmp left by a killed run may have wider bits
-                f.write(json.dumps(data, indent=1))
-            os.replace(tmp, p)
+            # instances, ports, attached keys: private; the double stands for a remote service, not worth an fsync
+            atomic_write(p, json.dumps(data, indent=1), mode=0o600, durable=False)
 
     # -- test hooks ----------------------------------------------------------------------------
     def add_http_fault(self, status: int, count: int = 1, path_prefix: str = "/", body: dict | None = None) -> None:
@@ -137,11 +136,44 @@ class LocalVast:
                 "ssh_port": 0,
                 "ssh_keys": [],
             }
-        volumes = self.world.volumes(iid, offer) if self.world else []
-        port = self._start_container(name, iid, behaviour, body.get("env") or {}, volumes)
-        with self.store() as s:
-            s["instances"][str(iid)]["ssh_port"] = port
+            # The starter is spawned before the record is written (it waits on this store's lock): the instance
+            # exists for the API only if something will start it.
+            starter, log = self._start_detached(iid, self.world.volumes(iid, offer) if self.world else [])
+        if starter.wait() != 0:
+            lines = log.read_text(errors="replace").strip().splitlines()
+            raise VoltError(f"local double: starting instance {iid} failed: {lines[-1] if lines else starter.returncode}")
+        log.unlink(missing_ok=True)
         return {"success": True, "new_contract": iid}
+
+    def _start_detached(self, iid: int, volumes: list[str]) -> tuple[subprocess.Popen, Path]:
+        """Start the instance's container in a process of its own session. Vast finishes a create server-side
+        whatever happens to the client: a Ctrl-C or a death of the controller that runs this double (its HTTP
+        server is a thread of the CLI) must not leave an instance that never starts."""
+        log = self.dir / f"start-{iid}.log"  # a file, not a pipe: the starter may outlive this process
+        with open(log, "wb") as err:
+            starter = subprocess.Popen([sys.executable, "-m", "volt_ansible.local.double", "start", str(self.dir), str(iid), json.dumps(volumes)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        return starter, log
+
+    def finish_create(self, iid: int, volumes: list[str]) -> None:
+        """The detached half of create: the container, then its port and the keys attached meanwhile; a destroy that
+        came first wins."""
+        with self.store() as s:
+            inst = s["instances"].get(str(iid))
+            if inst is None:  # the create's record was never written (its process died first): nothing to start
+                return
+            inst = dict(inst)
+        port = self._start_container(inst["container"], iid, inst["behaviour"], inst.get("env") or {}, volumes)
+        with self.store() as s:
+            rec = s["instances"][str(iid)]
+            rec["ssh_port"] = port
+            destroyed, keys = rec.get("destroyed"), list(rec.get("ssh_keys") or [])
+        if destroyed:
+            hosts.remove(inst["container"])
+        elif keys and self._container_running(inst["container"]):
+            script = "umask 077; mkdir -p /root/.ssh && " + " && ".join(
+                f"printf '%s\\n' {shlex.quote(k)} >> /root/.ssh/authorized_keys" for k in keys)
+            podman.run("exec", inst["container"], "sh", "-c", script)
 
     def _start_container(self, name: str, iid: int, behaviour: str, env: dict, volumes: list[str]) -> int:
         port = hosts.start(
@@ -259,3 +291,15 @@ class LocalVast:
             for inst in s["instances"].values():
                 inst.setdefault("destroyed", time.time())
         return len(names)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m volt_ansible.local.double start STATE_DIR ID VOLUMES_JSON: the detached half of a create."""
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 4 or args[0] != "start":
+        raise SystemExit("usage: python -m volt_ansible.local.double start STATE_DIR ID VOLUMES_JSON")
+    LocalVast(Path(args[1])).finish_create(int(args[2]), json.loads(args[3]))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +94,5 @@ def _build(recipe: Recipe) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     for name in sys.argv[1:] or ["host"]:
         print(ensure(RECIPES[name]))

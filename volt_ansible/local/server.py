@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import json
 import re
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from volt_ansible.local.double import LocalVast
+from volt_ansible.state import volt_dir
 
 MAX_BODY = 1 << 20  # the SDK's largest request is a few KB: anything bigger is refused unread (413)
 
@@ -162,10 +164,6 @@ def serve_forever(double: LocalVast, port: int) -> None:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    from volt_ansible.state import volt_dir
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     serve_forever(LocalVast(volt_dir() / "local"), ap.parse_args().port)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
+from volt_ansible.local import toolchain
+from volt_ansible.spec import SPEC_FILE, read
 
 GIT_MOUNT = "/srv/git"
 RUST_MOUNT = "/srv/rust-dist"
@@ -55,8 +58,6 @@ class World:
         return conf
 
     def volumes(self, instance_id: int, offer: dict) -> list[str]:
-        from volt_ansible.local import toolchain
-
         archive = toolchain.ensure_archive()
         vols = [f"{self.git_dir}:{GIT_MOUNT}:ro", f"{archive}:{RUST_MOUNT}/{archive.name}:ro",
                 f"{self.root / NVIDIA_SMI}:/usr/bin/nvidia-smi:ro",
@@ -68,10 +69,6 @@ class World:
 
     def publish_data(self) -> Path:
         """The fixture's tiny training data, laid out where group_vars' volt_data sources point."""
-        import sys
-
-        from volt_ansible.spec import SPEC_FILE, read
-
         gen = self.local_dir / "data" / "generated"
         if not (gen / "data").exists():
             subprocess.run([sys.executable, str(self.root / FIXTURE / "make_data.py"), str(gen)], check=True, capture_output=True)
@@ -87,8 +84,6 @@ class World:
         return root
 
     def host_vars(self) -> dict:
-        from volt_ansible.local import toolchain
-
         archive = toolchain.ensure_archive()
         return {
             "repo_build_repo": self.publish_fixture(),

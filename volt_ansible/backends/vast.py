@@ -1,4 +1,4 @@
-"""Offers and instances through the real `vastai` SDK, against Vast.ai or the local double."""
+"""The Vast API through the real `vastai` SDK: the vast backend, and the protocol the local backend's double speaks."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import requests
 
 from volt_ansible import crashpoints
+from volt_ansible.backends.base import Backend
 from volt_ansible.errors import VoltError
 from volt_ansible.spec import InstanceSpec
-
-Backend = Literal["vast", "local"]
 
 # VAST_API_KEY and any other VAST_*KEY/TOKEN/SECRET/PASSWORD: held in this process's memory only, never left in
 # os.environ, which every child inherits and ansible-runner records whole (artifacts/<id>/command, env.list).
@@ -28,9 +26,6 @@ def take_secrets() -> dict[str, str]:
     for name in [k for k in os.environ if SECRET_ENV.match(k)]:
         _secrets[name] = os.environ.pop(name)
     return _secrets
-
-
-DEAD_STATUSES = {"exited", "offline", "unknown"}  # never become running again (SDK contract)
 
 
 @dataclass(frozen=True)
@@ -97,43 +92,21 @@ def _http_error(e: requests.HTTPError, what: str) -> VoltError:
     return VoltError(f"{what}: Vast API answered HTTP {status}{': ' + detail if detail else ''}")
 
 
-class Vast:
-    """One SDK client plus the calls volt-ansible makes, each turned into a one-line error on failure."""
+class VastApi(Backend):
+    """One SDK client and the calls volt-ansible makes, each turned into a one-line error on failure."""
 
-    def __init__(self, backend: Backend, volt_dir: Path, world=None):
-        from vastai import VastAI  # import here: the SDK takes ~0.3 s to import
-
-        self.backend = backend
-        self._server = None
-        api_key, url = None, None
-        if backend == "local":
-            from volt_ansible.local import podman
-            from volt_ansible.local.double import LocalVast
-            from volt_ansible.local.server import DoubleServer
-
-            podman.require()
-            self.double = LocalVast(volt_dir / "local", world)
-            self._server = DoubleServer(self.double)
-            api_key, url = self.double.api_key, self._server.url
-        else:
-            api_key = take_secrets().get("VAST_API_KEY") or None  # None: the SDK reads its key file
+    def __init__(self, api_key: str | None, url: str | None = None):
         try:
+            # Imported here, when a client is made: the SDK takes ~0.6 s to import, which every command
+            # (--help, check, logs, ssh) would pay at start-up otherwise.
+            from vastai import VastAI
+
             self.sdk = VastAI(api_key=api_key, server_url=url, raw=True, quiet=True)
         except RuntimeError:
             raise VoltError(
                 "no Vast API key: export VAST_API_KEY=<key> (or run `vastai set api-key <key>` once); for the local test world use --backend local"
             ) from None
         take_secrets()  # the client holds the key now: no child process (ansible, ssh, rsync) inherits it
-
-    def close(self) -> None:
-        if self._server:
-            self._server.close()
-
-    def __enter__(self) -> Vast:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _call(self, what: str, fn: Callable, *args, **kw):
         try:
@@ -218,5 +191,12 @@ class Vast:
             raise
         return True
 
-    def user(self) -> dict:
-        return self._call("read the account", self.sdk.show_user)
+
+
+class VastBackend(VastApi):
+    """Vast.ai itself: the key from VAST_API_KEY (taken out of the environment), else the SDK's key file."""
+
+    name = "vast"
+
+    def __init__(self, volt_dir: Path):
+        super().__init__(take_secrets().get("VAST_API_KEY") or None)

@@ -1,0 +1,127 @@
+"""Replacing a lost instance: the same spec rented again, prepared, fed the data and the newest verified epoch
+checkpoint, and training resumed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from volt_ansible import jobs, recovery, rent, ssh
+from volt_ansible import spec as spec_mod
+from volt_ansible import state as state_mod
+from volt_ansible.backends import Backend
+from volt_ansible.campaign.context import Progress, backup_dir, open_backend, project_root, quiet, reconciled, run_ok
+from volt_ansible.campaign.provision import rent_new, resume
+from volt_ansible.errors import VoltError
+from volt_ansible.state import Instance, Recovery, State
+
+
+class _NoRetry(VoltError):
+    """A failure that trying again would make worse."""
+
+
+def _retrying(what: str, fn, progress: Progress):
+    """Vast API calls of a recovery: a few tries with a pause, then one clear error."""
+    w = spec_mod.load().watch
+    for attempt in range(1, w.api_retries + 1):
+        try:
+            return fn()
+        except _NoRetry:
+            raise
+        except VoltError as e:
+            if attempt == w.api_retries:
+                raise VoltError(f"{what} failed {attempt} times (last: {e})") from None
+            progress(f"{what} failed ({e}); trying again in {w.api_retry_delay_s:g} s")
+            time.sleep(w.api_retry_delay_s)
+    raise AssertionError("unreachable")
+
+
+def health(state: State, backend: Backend) -> tuple[str, dict | None]:
+    """(why the instance is lost or "", its API row); records when SSH started failing."""
+    inst = state.instance
+    assert inst is not None
+    live, now = backend.show(inst.id), time.time()
+    if live is not None and live.get("actual_status") == "running" and inst.ssh_port:
+        ok = ssh.can_login(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
+        if not ok:  # a changed host key is no outage: say so every round, never rent a replacement over it
+            jobs.check_host_key(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
+        if ok != (inst.unreachable_since is None):
+            rent.record(state, unreachable_since=None if ok else now)
+    return recovery.lost_reason(live, state.instance.unreachable_since, spec_mod.load().watch.ssh_dead_s, now), live
+
+
+@dataclass
+class Recovered:
+    lost_id: int
+    reason: str
+    new: Instance
+    restore: recovery.Restore
+    seconds: float  # from the start of this command to the jobs started again
+
+
+def recover(from_scratch: bool = False, force: bool = False, progress: Progress = quiet) -> Recovered:
+    """Replace a lost instance: rent the same spec, prepare it, send the data the unfinished jobs need, push
+    back what is home (finished outputs, the newest verified epoch checkpoint) and resume training."""
+    t0 = time.monotonic()
+    root, spec, (state, _) = project_root(), spec_mod.load(), reconciled()
+    volt_dir, local = state_mod.volt_dir(), backup_dir()
+    lay = jobs.layout(root)
+    again = "run `volt-ansible recover` again: it continues where it stopped"
+    if state.recovery is None:
+        if state.instance is None:
+            raise VoltError("no instance is recorded and no recovery is under way: nothing to recover (`volt-ansible provision` starts one)")
+        inst = state.instance
+        with open_backend(inst.backend) as backend:
+            reason, live = _retrying(f"reading instance {inst.id}", lambda: health(state, backend), progress)
+        if not reason:
+            if not force:
+                raise VoltError(f"instance {inst.id} is running and answers SSH: nothing to recover (`volt-ansible status` shows its jobs; "
+                                "`recover --force` replaces it anyway)")
+            reason = "replaced on request (--force)"
+        plan = recovery.plan(lay, local)
+        if not plan.pending:
+            raise VoltError(f"every output is home in {local}: nothing to resume; `volt-ansible finish` destroys instance {inst.id}")
+        if not plan.files and not from_scratch:
+            raise VoltError(f"instance {inst.id} is lost ({reason}) and {local} holds no backup of this campaign (no output, no epoch "
+                            "checkpoint): a replacement would train from zero; run `volt-ansible recover --from-scratch` to accept that")
+        progress(f"instance {inst.id} lost: {reason}")
+        rent.close_ledger(state, inst.id, f"lost: {reason}")
+        if live is not None:  # still in the API: its disk may hold newer files; finish/destroy removes it
+            state.retired.append(inst.model_copy(update={"status": live.get("actual_status") or "lost"}))
+        ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
+        state.instance = None
+        state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id)
+        state_mod.save(state)
+    rec = state.recovery
+
+    def replace() -> Instance:
+        if state.instance is not None:  # a half-made replacement that could not be destroyed: never rent over it
+            raise _NoRetry(f"instance {state.instance.id} was created but could not be brought up nor destroyed: "
+                           "`volt-ansible destroy --force` it, then recover again")
+        return rent_new(rec.backend, spec, state, progress=progress)
+
+    if state.instance is None:
+        progress(f"renting a replacement for instance {rec.lost_id}")
+        try:
+            _retrying("renting a replacement", replace, progress)
+        except VoltError as e:
+            kept = f"; instance {rec.lost_id} is kept (not destroyed)" if any(r.id == rec.lost_id for r in state.retired) else ""
+            raise VoltError(f"{e}{kept}; {again}") from None
+    elif not state.instance.ready:  # an earlier recover was interrupted while renting
+        resume(spec, state, progress)
+    plan = recovery.plan(lay, local)
+    progress(plan.describe())
+    run_ok("prepare", {}, progress, again)
+    items = recovery.data_items(spec_mod.read().get("volt_data") or {}, plan.pending)
+    if items:
+        run_ok("sync", {"data_sync_items": items}, progress, again)
+    if plan.files:
+        run_ok("restore", {"backup_local_dir": str(local), "backup_restore_files": plan.files, "backup_restore_epoch_owner": plan.owner,
+                            "backup_restore_epoch_owner_path": lay.epoch_owner}, progress, again)
+    phase03 = lay.jobs[0].name in plan.pending
+    run_ok("train", {"stage": "all" if plan.stages(lay) else "none", "phase03": phase03}, progress, again)
+    state = state_mod.load()
+    state.recovery = None
+    state_mod.save(state)
+    assert state.instance is not None
+    return Recovered(rec.lost_id, rec.reason, state.instance, plan, time.monotonic() - t0)

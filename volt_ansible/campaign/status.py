@@ -1,0 +1,80 @@
+"""Reading the campaign: the instance and its cost, the jobs over SSH, their logs and loss plot, the transfer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from volt_ansible import datasync, jobs, ledger, rent, ssh
+from volt_ansible import plot as plot_mod
+from volt_ansible import state as state_mod
+from volt_ansible.campaign.context import instance_endpoint, open_backend, project_root, reconciled
+from volt_ansible.errors import VoltError
+from volt_ansible.state import State
+
+
+@dataclass
+class Status:
+    state: State
+    live: dict | None
+    cost_usd: float
+    elsewhere: list[str]  # this campaign's instances rented from another checkout
+
+
+def status() -> Status:
+    state, elsewhere = reconciled()
+    live = None
+    if state.instance is not None:
+        with open_backend(state.instance.backend) as backend:
+            live = backend.show(state.instance.id)
+        if live is not None and live.get("actual_status") and live["actual_status"] != state.instance.status:
+            rent.record(state, status=live["actual_status"])
+    return Status(state, live, state.total_cost(), elsewhere)
+
+
+def ssh_command(extra: list[str]) -> list[str]:
+    state, _ = reconciled(always=False)
+    if state.instance is None or not state.instance.ssh_port:
+        raise VoltError("no instance to connect to: run `volt-ansible provision` first")
+    jobs.check_host_key(state_mod.volt_dir(), state.instance.ssh_host, state.instance.ssh_port)
+    return ssh.command(state_mod.volt_dir(), state.instance.ssh_host, state.instance.ssh_port) + extra
+
+
+def job_snapshot() -> jobs.Snapshot:
+    host, port = instance_endpoint()
+    return jobs.snapshot(state_mod.volt_dir(), host, port, jobs.layout(project_root()))
+
+
+def job_lines(snap: jobs.Snapshot | None = None) -> list[str]:
+    """Each training job's state, GPU and CPU load, and warnings (read over one SSH round trip unless given)."""
+    return jobs.format_snapshot(snap if snap is not None else job_snapshot())
+
+
+def projection(snap: jobs.Snapshot) -> ledger.Projection:
+    state = state_mod.load()
+    dph = state.instance.dph_total if state.instance else 0.0
+    return ledger.Projection(state.total_cost(), ledger.remaining_hours(snap), dph)
+
+
+def logs_command(job: str | None, follow: bool, lines: int, tty: bool) -> list[str]:
+    host, port = instance_endpoint()
+    jobs.check_host_key(state_mod.volt_dir(), host, port)
+    return jobs.logs_command(state_mod.volt_dir(), host, port, job=job, follow=follow, lines=lines, lay=jobs.layout(project_root()), tty=tty)
+
+
+def plot(output: str) -> Path:
+    host, port = instance_endpoint()
+    lay = jobs.layout(project_root())
+    return plot_mod.write_png(jobs.fetch_logs(state_mod.volt_dir(), host, port, lay), Path(output), lay)
+
+
+def data_track() -> str:
+    """The background transfer's progress for `up`'s display ("" before it started)."""
+    state = state_mod.load()
+    if state.instance is None:
+        return ""
+    path = state_mod.volt_dir() / "data-sync" / f"volt-{state.instance.id}.json"
+    if not path.exists():
+        return ""
+    st = datasync.status(path, None)
+    return f"{st['state']}: {st['summary']}" if st.get("summary") else st["state"]

@@ -1,0 +1,87 @@
+"""`up`: the data checked and the plan shown before anything is rented, then the rent and playbooks/up.yml, which
+runs the data transfer, the build and the CUDA check in parallel and starts each job as soon as it can."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from volt_ansible import backends, datasync, jobs
+from volt_ansible import spec as spec_mod
+from volt_ansible import state as state_mod
+from volt_ansible.campaign.context import Progress, project_root, quiet, reconciled, run_playbook
+from volt_ansible.campaign.provision import plan, provision, resume
+from volt_ansible.datasync import human
+from volt_ansible.errors import VoltError
+from volt_ansible.state import Instance
+
+
+def check(names: list[str] | None = None, progress: Progress = quiet) -> datasync.Report:
+    """Pre-flight of the data sources, before renting: every one exists and is readable; sizes and digests cached."""
+    return datasync.check(jobs=names or None, progress=lambda done, total: progress(f"{done / 1e9:.2f} / {total / 1e9:.2f} GB"))
+
+
+@dataclass
+class UpPlan:
+    instance: Instance | None  # already rented: `up` continues on it
+    offer: dict | None
+    dph: float
+    data: object  # datasync.Report of the jobs to run
+    first_bytes: int  # what the first GPU job needs
+    estimate_s: float
+
+    def lines(self) -> list[str]:
+        if self.instance is not None:
+            head = f"continuing on instance {self.instance.id} ({self.instance.gpu_name}, ${self.instance.dph_total:.3f}/h): nothing new is rented"
+        else:
+            o = self.offer or {}
+            head = (f"rent offer {o.get('id')}: {o.get('num_gpus')}x {o.get('gpu_name')}, {o.get('cpu_cores')} cores, "
+                    f"${self.dph:.3f}/h = ${self.dph * 24:.2f}/day")
+        return [head, f"data: {human(self.data.total_bytes)} to check and send if missing ({human(self.first_bytes)} before the first GPU job)",
+                f"estimated time to GPU busy: ~{self.estimate_s / 60:.1f} min (the build and the first job's data in parallel)"]
+
+
+def _selected_jobs(stage: str, phase03: bool) -> tuple[list[str], str]:
+    """(job names `up` runs, the first curriculum job's name or "")."""
+    lay = jobs.layout(project_root())
+    stages = lay.stages if stage == "all" else ([] if stage == "none" else [lay.stages[int(stage) - 1]])
+    names = ([lay.jobs[0].name] if phase03 else []) + [j.name for j in stages]
+    return names, stages[0].name if stages else ""
+
+
+def up_plan(backend: str, stage: str, phase03: bool, progress: Progress = quiet) -> UpPlan:
+    """Pre-flight the data (before renting anything) and say what `up` would rent, move and when the GPU is busy."""
+    stage = str(stage).lower()
+    spec, (state, _) = spec_mod.load(), reconciled()
+    lay_stages = spec_mod.read().get("volt_curriculum", {}).get("stages") or []
+    if stage not in ("all", "none", *map(str, range(1, len(lay_stages) + 1))):
+        raise VoltError(f"--stage {stage!r} is not a stage: use all, none or 1..{len(lay_stages)} (volt_curriculum.stages)")
+    if stage == "none" and not phase03:
+        raise VoltError("--stage none with --no-phase03 runs nothing: drop one of them")
+    if state.recovery is not None:
+        raise VoltError(f"a recovery is under way ({state.recovery.reason}): run `volt-ansible recover`, which continues it")
+    if state.stopped:
+        raise VoltError(f"this campaign was stopped ({state.stopped}): move {state_mod.path()} aside to start a new one")
+    names, first = _selected_jobs(stage, phase03)
+    local_root = backends.kind(state.instance.backend if state.instance else backend).data_root(project_root(), state_mod.volt_dir())
+    report = datasync.check(jobs=names, local_root=local_root,
+                            progress=lambda done, total: progress(f"hashing data: {done / 1e9:.2f} / {total / 1e9:.2f} GB"))
+    first_bytes = report.job_bytes().get(first or names[0], 0)
+    offer, dph = None, 0.0
+    if state.instance is None:
+        chosen = plan(backend)
+        offer, dph = chosen.offer, chosen.dph
+    mbps = float((offer or {}).get("inet_down") or 100.0)
+    build_s = spec.provision.build_estimate_min * 60
+    estimate = max(build_s, first_bytes * 8 / (mbps * 1e6)) + 60  # + renting, bootstrap, toolchain
+    return UpPlan(state.instance, offer, dph, report, first_bytes, estimate)
+
+
+def up(backend: str, stage: str, phase03: bool, progress: Progress = quiet, on_task=None):
+    """Rent (unless this campaign already has an instance), then playbooks/up.yml: data, build and CUDA check
+    in parallel, each job started as soon as it can. Safe to interrupt and run again: it continues."""
+    state = state_mod.load()
+    if state.instance is None:
+        provision(backend, progress=progress)
+    elif not state.instance.ready:  # an earlier `up` was interrupted while renting
+        resume(spec_mod.load(), state, progress)
+    return run_playbook("up", {"stage": str(stage).lower(), "phase03": phase03}, on_task=on_task)
