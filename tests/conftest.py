@@ -1,4 +1,5 @@
-"""Shared fixtures: a throwaway copy of the project, and the CLI run in it as a user would."""
+"""Shared fixtures: a throwaway copy of the project, and the CLI run in it as a user would; the suite's scheduling
+(markers, timeouts, xdist groups, slowest first) is in tests/schedule.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import buildshare
 import pytest
 import yaml
+from schedule import pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401 (hooks)
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["ansible.cfg", "group_vars", "inventory", "playbooks", "roles"]
@@ -30,6 +33,7 @@ class Project:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLT_", "VAST_", "ANSIBLE_"))}
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         env["HOME"] = str(self.home)  # no stray ~/.vast_api_key, no shared ~/.ansible
+        env.update(buildshare.FIXED_GIT_DATES)  # the same fixture sources give the same commit (tests/buildshare.py)
         env.update(extra)
         return env
 
@@ -85,24 +89,29 @@ def make_project(root: Path) -> Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path):
+def project(tmp_path: Path, request):
+    """A throwaway project. @pytest.mark.reuse_build: its build cache starts with the binaries an earlier test built
+    from the same fixture sources (tests/buildshare.py), for tests that need them but do not test building."""
     p = make_project(tmp_path / "project")
+    cache = p.home / ".cache" / "volt-ansible" / "builds"
+    if request.node.get_closest_marker("reuse_build"):
+        buildshare.seed(cache)
     yield p
     if (p.volt_dir / "local").exists():
         p.double().clean()
+    buildshare.harvest(cache)
     shutil.rmtree(p.home, ignore_errors=True)
 
 
 @pytest.fixture
 def make_host(request):
     """make_host(recipe='host', volumes=[...]) -> a running SSH test host, removed after the test."""
-    from testhost import start, stop
+    from testhost import start, stop, unique_name
 
     started = []
 
     def factory(recipe: str = "host", volumes: list[str] | None = None):
-        name = f"vt-{request.node.name[:40]}-{len(started)}".replace("[", "-").replace("]", "").replace("/", "-")
-        host = start("".join(c if c.isalnum() or c in "-_." else "-" for c in name), recipe, volumes)
+        host = start(unique_name("vt", f"{request.node.name}-{len(started)}"), recipe, volumes)
         started.append(host)
         return host
 

@@ -28,6 +28,7 @@ def guide_layout(project, tmp_path):
     project.spec(volt_data={"local_root": str(root)})
 
 
+@pytest.mark.reuse_build  # needs the binaries, does not test building them (tests/buildshare.py)
 def test_whole_campaign_on_the_local_backend(project, tmp_path):
     guide_layout(project, tmp_path)
     assert "python_sample" in project.cli("check").stdout

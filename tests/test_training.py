@@ -16,9 +16,10 @@ import subprocess
 import threading
 import time
 
+import builthost
 import pytest
 import yaml
-from testhost import REPO, TestHost, start, stop
+from testhost import REPO, TestHost, unique_name
 
 from volt_ansible import jobs, plot, ssh
 
@@ -168,15 +169,10 @@ STILL = {"VOLT_FIXTURE_EPOCH_MS": 6000}  # a job that is surely still running a 
 
 @pytest.fixture(scope="module")
 def host():
-    h = start("vt-training-jobs", "dev")
-    try:
-        deadline = time.monotonic() + 30
-        while not ssh.banner("127.0.0.1", h.port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        setup_host(h)
+    # A snapshot of a host after setup_host (tests/builthost.py): built once per fixture/roles change, not per run.
+    with builthost.started(unique_name("vt-training-jobs", "module"), setup_host, extra=(SETUP,)) as h:
+        reset(h)
         yield h
-    finally:
-        stop(h)
 
 
 @pytest.fixture

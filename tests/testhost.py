@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,7 @@ from volt_ansible.local import hosts, podman
 from volt_ansible.ssh import banner
 
 REPO = Path(__file__).resolve().parents[1]
+LABEL = "volt-ansible.test"
 
 
 @dataclass
@@ -70,20 +73,40 @@ class TestHost:
                    input=content.encode())
 
 
-def start(name: str, recipe: str = "host", volumes: list[str] | None = None) -> TestHost:
-    """Start a test host. The short workdir keeps ssh ControlPath sockets under 108 bytes."""
+def start(name: str, recipe: str = "host", volumes: list[str] | None = None, image: str | None = None) -> TestHost:
+    """Start a test host from a recipe's image, or from `image` (a snapshot, tests/builthost.py).
+    The short workdir keeps ssh ControlPath sockets under 108 bytes."""
     workdir = Path(tempfile.mkdtemp(prefix="vth-", dir="/tmp"))
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     hosts.remove(name)
-    port = hosts.start(name, recipe, labels={"volt-ansible.test": "1"}, volumes=volumes,
-                       authorized_key=key.with_suffix(".pub").read_text())
+    pub = key.with_suffix(".pub").read_text()
+    port = (_start_image(name, image, volumes, pub) if image
+            else hosts.start(name, recipe, labels={LABEL: "1"}, volumes=volumes, authorized_key=pub))
     deadline = time.monotonic() + 30
     while not banner("127.0.0.1", port, timeout=1):
         if time.monotonic() > deadline:
             raise AssertionError(f"sshd of test host {name} did not answer on port {port}")
         time.sleep(0.1)
     return TestHost(name, port, key, workdir)
+
+
+def _start_image(name: str, image: str, volumes: list[str] | None, authorized_key: str) -> int:
+    """hosts.start for an image that is no recipe's (the product starts recipe images only)."""
+    args = ["run", "-d", "--init", "--name", name, "-p", "127.0.0.1::22", "--label", f"{LABEL}=1"]
+    for vol in volumes or []:
+        args += ["-v", vol]
+    setup = f"umask 077; mkdir -p /root/.ssh; printf '%s\\n' {shlex.quote(authorized_key.strip())} > /root/.ssh/authorized_keys; "
+    podman.run(*args, image, "sh", "-c", setup + hosts.SSHD_CMD)
+    return hosts.port(name)
+
+
+def unique_name(prefix: str, node_name: str) -> str:
+    """A container name no other test, xdist worker or concurrent run uses at the same time (node names can share a
+    long prefix; each worker is a process of its own)."""
+    digest = hashlib.sha256(f"{os.getpid()}/{node_name}".encode()).hexdigest()[:6]
+    short = "".join(c if c.isalnum() or c in "-_." else "-" for c in node_name[:32])
+    return f"{prefix}-{short}-{digest}"
 
 
 def stop(host: TestHost) -> None:
