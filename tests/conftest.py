@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,13 @@ class Project:
         return env
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+        t0 = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "volt_ansible", *args], cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout
         )
+        if os.environ.get("VOLT_TEST_TIMING"):  # where a slow e2e test spends its time: seconds per CLI command
+            with open(os.environ["VOLT_TEST_TIMING"], "a") as f:
+                f.write(f"{time.monotonic() - t0:7.1f} {' '.join(args)}\n")
         if check and proc.returncode != 0:
             raise AssertionError(f"volt-ansible {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
