@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "test.sh: set up in ${SECONDS} s"
 source .venv/bin/activate
 export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
 
@@ -18,6 +19,7 @@ yamllint -s .
 ansible-lint --offline -q
 wait "$images"
 wait "$rust"
+echo "test.sh: linted, images and toolchain ready at ${SECONDS} s"
 # 2 workers (VOLT_TEST_WORKERS): tests that share a module's host stay on one (xdist groups), the slowest start first;
 # kinds, timeouts and groups come from tests/schedule.py. Exits 5 (a failure here) when no test ran.
 python -m pytest -q --durations=25 -n "${VOLT_TEST_WORKERS:-2}" --dist loadgroup "$@"
