@@ -63,107 +63,18 @@ def _load(name: str, path: Path):
 sync = _load("bench_sync", REPO / "bench" / "sync.py")
 
 import yaml  # noqa: E402
-from conftest import Project, make_project  # noqa: E402  (tests/conftest.py: the throwaway project the tests use)
+from conftest import Project  # noqa: E402  (tests/conftest.py: the throwaway project the tests use)
+from ttg_instances import DEST, Watch, destroy, new_project, provision, publish  # noqa: E402
+from up_profile import build_span, by_role, cache_hit, first_start, playbook_log, playbook_total, slowest, task_times  # noqa: E402
 
 from volt_ansible import datasync  # noqa: E402
-from volt_ansible import ssh as ssh_mod  # noqa: E402
-from volt_ansible.local import podman  # noqa: E402
 from volt_ansible.local.double import LocalVast  # noqa: E402
 from volt_ansible.local.toolchain import ensure_archive as toolchain_archive  # noqa: E402
-from volt_ansible.local.world import World  # noqa: E402
 
 argv_of = _load("training_tmux_filters", REPO / "roles/training_tmux/filter_plugins/training_tmux.py").training_tmux_argv
 
 log = sync.log
-DEST = "/root/volt-x"
 STACK_FULL_FILES = 4
-
-
-# ---------------------------------------------------------------------------------------------
-# projects and instances
-
-
-def new_project(root: Path) -> Project:
-    """What tests/conftest.py's `project` fixture makes, with its .volt/ already there."""
-    p = make_project(root)
-    (root / ".volt").mkdir(mode=0o700)
-    return p
-
-
-def publish(p: Project, python_sample: Path) -> Path:
-    """The local world's data root of this project, with the bench's Stack Python in place (before provision,
-    World.publish_data() only fills what is absent: the fixture's checkpoints and small JSONL)."""
-    root = p.volt_dir / "local" / "data" / "VoltData"
-    dst = root / "phase0/the_stack_sample/python/python_sample.jsonl"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.link(python_sample, dst)
-    return World(p.root, p.volt_dir / "local").publish_data()
-
-
-class Instance:
-    """The instance of a project after `volt-ansible provision`: its container, ssh/scp argv, shaped link."""
-
-    def __init__(self, p: Project, rate_mbit: float):
-        st = p.state()["instance"]
-        self.id, self.port, self.host_vars = st["id"], st["ssh_port"], st.get("host_vars") or {}
-        vast = json.loads((p.volt_dir / "local" / "vast.json").read_text())
-        self.container = vast["instances"][str(self.id)]["container"]
-        opts = [*ssh_mod.options(p.volt_dir), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-        self.ssh = ["ssh", *opts, "-p", str(self.port), "root@127.0.0.1"]
-        self.scp = ["scp", "-q", *opts, "-P", str(self.port)]
-        self.link = sync.Link(self.container)
-        self.link.shape(rate_mbit)
-
-    def dst(self, path: str) -> str:
-        return f"root@127.0.0.1:{path}"
-
-    def exec(self, cmd: str, timeout: float = 60) -> str:
-        """A look inside the container (not over the shaped link): measuring, not part of a method."""
-        return podman.run("exec", self.container, "sh", "-c", cmd, check=False, timeout=timeout).stdout.decode(errors="replace")
-
-    def job_states(self) -> dict[str, str]:
-        out = self.exec(f"cd {DEST}/logs 2>/dev/null && grep -H '^state=' *.status 2>/dev/null")
-        return {ln.split(".status:")[0]: ln.split("state=", 1)[1] for ln in out.splitlines() if ".status:state=" in ln}
-
-
-class Watch:
-    """Polls a file inside the container until it is non-empty; `at` is the container's clock then (= the host's)."""
-
-    def __init__(self, inst: Instance, path: str):
-        self.inst, self.at, self.bytes = inst, None, None
-        cmd = f"while [ ! -s {shlex.quote(path)} ]; do sleep 0.1; done; date +%s.%N"
-        self.proc = subprocess.Popen([podman.require(), "exec", inst.container, "sh", "-c", cmd], env=podman.env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-        self.thread = threading.Thread(target=self._wait, daemon=True)
-        self.thread.start()
-
-    def _wait(self) -> None:
-        out, _ = self.proc.communicate()
-        if out.strip():
-            self.bytes = self.inst.link.tx_bytes()
-            self.at = float(out.strip())
-
-    def wait(self, timeout: float) -> float | None:
-        self.thread.join(timeout)
-        return self.at
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-
-def provision(p: Project, rate_mbit: float) -> tuple[Instance, float, int]:
-    p.cli("provision", "--backend", "local", timeout=300)
-    t0 = time.time()  # sshd accepts the campaign key: "instance running"
-    inst = Instance(p, rate_mbit)
-    return inst, t0, inst.link.tx_bytes()
-
-
-def destroy(p: Project, inst: Instance | None) -> None:
-    if inst is not None:
-        inst.link.unshape()
-    if (p.volt_dir / "state.json").exists() and p.state().get("instance"):
-        p.cli("destroy", "--yes", "--force", check=False, timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,74 +251,6 @@ def up_env(a) -> dict[str, str]:
     return env
 
 
-def playbook_log(stdout: str) -> Path | None:
-    m = re.search(r"log: (\S+\.log)", stdout)
-    return Path(m.group(1)) if m else None
-
-
-def task_blocks(text: str) -> dict[str, str]:
-    """'role : task name' -> the text under its TASK header (the last block of that name)."""
-    out = {}
-    for block in text.split("\nTASK [")[1:]:
-        name, _, rest = block.partition("]")
-        out[name.strip()] = rest
-    return out
-
-
-_TASK = re.compile(r"^TASK \[(.+?)\] \*+\n\S.*?\((\d+):(\d+):(\d+\.\d+)\) +(\d+):(\d+):(\d+\.\d+) \*+", re.M)
-_RECAP = re.compile(r"^TASKS RECAP \*+\n\S.*?\((\d+):(\d+):(\d+\.\d+)\) +(\d+):(\d+):(\d+\.\d+)", re.M)
-
-
-def _secs(h: str, m: str, s: str) -> float:
-    return int(h) * 3600 + int(m) * 60 + float(s)
-
-
-def task_times(text: str) -> list[tuple[str, float, float]]:
-    """(task, playbook second it started at, its duration), from profile_tasks' line under each TASK header
-    (which gives the previous task's duration and the time elapsed so far)."""
-    hits = [(m.group(1), _secs(*m.group(2, 3, 4)), _secs(*m.group(5, 6, 7))) for m in _TASK.finditer(text)]
-    end = _RECAP.search(text)
-    last = _secs(*end.group(1, 2, 3)) if end else 0.0
-    return [(name, at, hits[i + 1][1] if i + 1 < len(hits) else last) for i, (name, _, at) in enumerate(hits)]
-
-
-def playbook_total(text: str) -> float | None:
-    end = _RECAP.search(text)
-    return _secs(*end.group(4, 5, 6)) if end else None
-
-
-def slowest(times: list[tuple[str, float, float]], n: int) -> list[tuple[str, float]]:
-    return [(name, round(d, 2)) for name, _, d in sorted(times, key=lambda t: -t[2])[:n]]
-
-
-def by_role(times: list[tuple[str, float, float]], until: float | None = None) -> dict[str, float]:
-    """Seconds per role (tasks of the play itself: "play"), of the tasks that started before `until`."""
-    out: dict[str, float] = {}
-    for name, at, d in times:
-        if until is None or at < until:
-            role = name.split(" : ", 1)[0] if " : " in name else "play"
-            out[role] = round(out.get(role, 0.0) + d, 1)
-    return out
-
-
-def _span(stamps: list[str]) -> float | None:
-    """Seconds between the first two ISO stamps (build.log's start and done lines)."""
-    from datetime import datetime
-
-    return (datetime.fromisoformat(stamps[1]) - datetime.fromisoformat(stamps[0])).total_seconds() if len(stamps) >= 2 else None
-
-
-def first_start(times: list[tuple[str, float, float]], prefix: str) -> float | None:
-    return next((at for name, at, _ in times if name.startswith(prefix)), None)
-
-
-def cache_hit(text: str) -> bool:
-    blocks = task_blocks(text)
-    restored = any(k.startswith("repo_build : Restore the cached binaries") and "changed:" in v for k, v in blocks.items())
-    compiled = any(k.startswith("repo_build : Start cargo build") and "changed:" in v for k, v in blocks.items())
-    return restored and not compiled
-
-
 def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
     inst, t0, tx0 = provision(p, a.rate_mbit)
     res: dict = {}
@@ -568,7 +411,7 @@ def main() -> int:
             "build_delay_ms": a.build_delay_ms, "stack_python_bytes": python_sample.stat().st_size, "stack_full_bytes": stack_full_bytes,
             "toolchain_bytes": toolchain_bytes, "same_command_lines": same_cmds, "build_cache_files": cached,
             "cold_roles_to_stage1_s": cold["roles_to_stage1"], "warm_roles_to_stage1_s": warm["roles_to_stage1"],
-            "cold_compile_s": _span(cold["build_log"]), "cold_toolchain_s": cold["toolchain_s"], "warm_toolchain_s": warm["toolchain_s"],
+            "cold_compile_s": build_span(cold["build_log"]), "cold_toolchain_s": cold["toolchain_s"], "warm_toolchain_s": warm["toolchain_s"],
             "cold_slowest": cold["slowest"][:3], "warm_slowest": warm["slowest"][:3], "rerun_slowest": warm["rerun_slowest"][:3],
             "loadavg_1m_start_end": [load0, round(os.getloadavg()[0], 2)], "bench_wall_s": round(time.time() - wall0, 1),
         }

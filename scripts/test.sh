@@ -2,17 +2,18 @@
 # Every test: lint, unit and integration tests (real SSH into podman test hosts), molecule scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-echo "test.sh: set up in ${SECONDS} s"
-source .venv/bin/activate
+# What every worker needs, made once before they start: the three test-host images (debootstrap) and the packed Rust
+# toolchain. Both are stdlib-only Python, so they start right after the system packages, while pip fills .venv and the
+# linters run; workers would wait for them on a lock anyway, this way nothing waits.
+bash scripts/setup.sh packages
 export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
-
-# What every worker needs, made once before they start (while the linters run): the other test-host images and the
-# packed Rust toolchain. Workers would wait for them on a lock anyway; this way neither waits.
-python -m volt_ansible.local.image bare dev >/dev/null &
+python3 -m volt_ansible.local.image host bare dev >/dev/null &
 images=$!
-python -m volt_ansible.local.toolchain >/dev/null &
+python3 -m volt_ansible.local.toolchain >/dev/null &
 rust=$!
+bash scripts/setup.sh venv
+source .venv/bin/activate
+echo "test.sh: set up in ${SECONDS} s"
 
 ruff check .
 yamllint -s .

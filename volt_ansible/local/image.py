@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,6 +94,22 @@ def _build(recipe: Recipe) -> str:
     return recipe.tag
 
 
+def main(names: list[str]) -> int:
+    """Build the recipes at the same time (debootstrap waits on the mirror and on dpkg as much as on the CPU)."""
+    if unknown := [n for n in names if n not in RECIPES]:
+        print(f"volt-ansible local image: no recipe {', '.join(unknown)}: choose from {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+        futures = [pool.submit(ensure, RECIPES[n]) for n in names]
+    rc = 0
+    for f in futures:
+        try:
+            print(f.result())
+        except VoltError as e:
+            print(f"volt-ansible local image: {e}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["host"]:
-        print(ensure(RECIPES[name]))
+    sys.exit(main(sys.argv[1:] or ["host"]))
