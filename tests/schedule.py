@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 KINDS = ("unit", "role", "molecule", "e2e")
-# What a test of the kind needs on the 2-core CI machine with 2 workers, with a margin of 2-4x over the slowest seen.
+# What a test of the kind needs on the 2-core CI machine with 3 workers, with a margin of 2-4x over the slowest seen.
 TIMEOUTS = {"unit": 60, "role": 300, "molecule": 600, "e2e": 600}
 TYPICAL_S = {"unit": 0.5, "role": 20.0, "molecule": 50.0, "e2e": 60.0}
 ROLE_FIXTURES = {"make_host", "built_host"}

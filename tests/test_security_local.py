@@ -173,9 +173,15 @@ def fake_checkout(root: Path, pip_rc: int) -> Path:
     (bin_dir / "pip").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho \"WARNING: Location 'file:///x' is ignored\"\n"
                                  f"echo 'ERROR: No matching distribution found for ansible==0'\nexit {pip_rc}\n")
     (bin_dir / "python").write_text("#!/bin/sh\nexit 0\n")  # "the import check passes"
-    (bin_dir / "volt-ansible").write_text("#!/bin/sh\necho localhost/volt-test-host\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
+    # the image build (`python3 -m volt_ansible.local.image host`, run from the checkout) finds this one first
+    image = root / "volt_ansible" / "local"
+    image.mkdir(parents=True)
+    for init in (root / "volt_ansible" / "__init__.py", image / "__init__.py"):
+        init.write_text("")
+    (image / "image.py").write_text(f"import sys\nopen({str(root / 'image-calls')!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                                    "print('localhost/volt-test-host')\n")
     return calls
 
 
@@ -195,6 +201,7 @@ def test_setup_skips_pip_when_venv_matches_the_constraints(tmp_path):
         proc = subprocess.run(["bash", str(tmp_path / "co/scripts/setup.sh")], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "setup: ready" in proc.stdout, proc.stdout + proc.stderr
     assert len(calls.read_text().splitlines()) == 1  # the second run found .venv installed from these very files
+    assert (tmp_path / "co/image-calls").read_text().splitlines() == ["host", "host"]  # the image (cached by recipe) each time
 
 
 def test_constraints_pin_every_dependency_exactly():
