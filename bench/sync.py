@@ -53,6 +53,8 @@ from testhost import TestHost, start, stop  # noqa: E402
 
 from volt_ansible import datasync  # noqa: E402
 from volt_ansible.local import podman  # noqa: E402
+from volt_ansible.local.link import Model  # noqa: E402
+from volt_ansible.local.link import Veth as Link  # noqa: E402  (the host-side veth of one container: tbf, tx bytes)
 
 _spec = importlib.util.spec_from_file_location("make_data", REPO / "roles/data_sync/molecule/default/make_data.py")
 make_data = importlib.util.module_from_spec(_spec)
@@ -85,35 +87,6 @@ def sh(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
 
 # ---------------------------------------------------------------------------------------------
 # the link
-
-
-class Link:
-    """tbf on the host side of one container's veth: egress there is traffic to the container."""
-
-    def __init__(self, container: str):
-        iflink = podman.out("exec", container, "cat", "/sys/class/net/eth0/iflink").strip()
-        names = [p.parent.name for p in Path("/sys/class/net").glob("*/ifindex") if p.read_text().strip() == iflink]
-        if len(names) != 1:
-            raise SystemExit(f"bench: no single host interface with ifindex {iflink} for {container}: {names}")
-        dev = names[0]
-        default_dev = (sh("ip -o route show default").stdout.split(" dev ") + [""])[1].split(" ")[0]
-        base = Path(f"/sys/class/net/{dev}")
-        # the container's peer: a bridge port whose own link points into another namespace
-        paired = (base / "master").exists() and (base / "iflink").read_text().strip() != (base / "ifindex").read_text().strip()
-        if dev == default_dev or dev in ("lo", "eth0") or not paired:
-            raise SystemExit(f"bench: refusing to shape {dev}: not the test container's bridged veth")
-        self.dev = dev
-        self.ip = podman.out("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container).strip()
-
-    def shape(self, rate_mbit: float) -> None:
-        # burst: a few ms at the rate (TCP hits the rate without ack-clocking gaps); latency bounds the queue
-        sh(["tc", "qdisc", "replace", "dev", self.dev, "root", "tbf", "rate", f"{rate_mbit}mbit", "burst", "32kb", "latency", "50ms"])
-
-    def unshape(self) -> None:
-        subprocess.run(["tc", "qdisc", "del", "dev", self.dev, "root"], capture_output=True)
-
-    def tx_bytes(self) -> int:
-        return int(Path(f"/sys/class/net/{self.dev}/statistics/tx_bytes").read_text())
 
 
 def measure_line(container: str, ip: str, nbytes: int) -> float:
@@ -337,7 +310,7 @@ def main() -> int:
     out: dict = {}
     try:
         r.run("true")
-        link.shape(a.rate_mbit)
+        link.shape(Model(rate_mbit=a.rate_mbit))
         tc_rate = a.rate_mbit * 1e6 / 8
         line = measure_line(host.name, link.ip, int(min(20e6, tc_rate * 4)))
         log(f"link: tbf {a.rate_mbit:g} Mbit/s on {link.dev} ({tc_rate / 1e6:.2f} MB/s of frames); TCP payload {line / 1e6:.2f} MB/s")

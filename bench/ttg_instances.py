@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,13 +15,10 @@ from conftest import Project, make_project
 
 from volt_ansible import ssh as ssh_mod
 from volt_ansible.local import podman
+from volt_ansible.local.link import Model, Veth
 from volt_ansible.local.world import World
 
 DEST = "/root/volt-x"
-
-
-# bench/sync.py as bench/time_to_gpu.py loaded it (before this module): the tc Link on the container's veth.
-sync = sys.modules["bench_sync"]
 
 
 
@@ -54,8 +50,8 @@ class Instance:
         opts = [*ssh_mod.options(p.volt_dir), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
         self.ssh = ["ssh", *opts, "-p", str(self.port), "root@127.0.0.1"]
         self.scp = ["scp", "-q", *opts, "-P", str(self.port)]
-        self.link = sync.Link(self.container)
-        self.link.shape(rate_mbit)
+        self.link = Veth(self.container)
+        self.link.shape(Model(rate_mbit=rate_mbit))
 
     def dst(self, path: str) -> str:
         return f"root@127.0.0.1:{path}"

@@ -52,8 +52,9 @@ case "${1:-all}" in
     packages
     # The image build is stdlib-only Python (the system python3 runs it), so it needs no .venv: debootstrap (~1 min,
     # then cached by recipe) runs while pip installs.
-    CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf" python3 -m volt_ansible.local.image host >/dev/null &
+    CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf" setsid python3 -m volt_ansible.local.image host >/dev/null &
     image=$!
+    trap 'kill -- -"$image" 2>/dev/null || true' EXIT  # a failed pip must not leave debootstrap running
     venv
     wait "$image" || { echo "setup: building the test-host image failed (see above)" >&2; exit 1; }
     echo "setup: ready (activate with: source .venv/bin/activate)"

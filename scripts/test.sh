@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 # linters run; workers would wait for them on a lock anyway, this way nothing waits.
 bash scripts/setup.sh packages
 export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
-python3 -m volt_ansible.local.image host bare dev >/dev/null &
+setsid python3 -m volt_ansible.local.image host bare dev >/dev/null &
 images=$!
-python3 -m volt_ansible.local.toolchain >/dev/null &
+setsid python3 -m volt_ansible.local.toolchain >/dev/null &
 rust=$!
+trap 'kill -- -"$images" -"$rust" 2>/dev/null || true' EXIT  # a failed pip or linter must not leave them running
 bash scripts/setup.sh venv
 source .venv/bin/activate
 echo "test.sh: set up in ${SECONDS} s"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from volt_ansible.errors import VoltError
 from volt_ansible.fileops import atomic_write
-from volt_ansible.local import hosts, offers, podman
+from volt_ansible.local import hosts, link, offers, podman
 from volt_ansible.local.world import World
 
 LABEL = "volt-ansible.local"
@@ -110,6 +110,7 @@ class LocalVast:
         return offers.search(query, rented)
 
     def create(self, offer_id: int, body: dict) -> dict:
+        link.Model.from_env()  # a bad VOLT_LOCAL_* setting is one line here, before anything is rented
         offer = next((o for o in offers.CATALOGUE if o["id"] == offer_id), None)
         if offer is None:
             return {"success": False, "error": "no_such_ask", "msg": f"Offer {offer_id} does not exist."}
@@ -164,11 +165,14 @@ class LocalVast:
                 return
             inst = dict(inst)
         port = self._start_container(inst["container"], iid, inst["behaviour"], inst.get("env") or {}, volumes)
+        far = self._far_away(inst["container"]) if inst["behaviour"] != "exits" else {}
         with self.store() as s:
             rec = s["instances"][str(iid)]
-            rec["ssh_port"] = port
+            rec["ssh_port"] = far.get("relay_port") or port
+            rec["link"] = far
             destroyed, keys = rec.get("destroyed"), list(rec.get("ssh_keys") or [])
         if destroyed:
+            link.stop_relay(far.get("relay_pid"))
             hosts.remove(inst["container"])
         elif keys and self._container_running(inst["container"]):
             script = "umask 077; mkdir -p /root/.ssh && " + " && ".join(
@@ -188,6 +192,19 @@ class LocalVast:
         if behaviour == "exits":
             podman.run("kill", name, check=False)
         return port
+
+    def _far_away(self, name: str) -> dict:
+        """The link model of VOLT_LOCAL_RTT_MS / _RATE_MBIT / _LOSS_PCT on the container's veth (local/link.py); where the
+        kernel has no netem the delay comes from a relay, and the instance's ssh_port is the relay's."""
+        model = link.Model.from_env()
+        if not model.active:
+            return {}
+        veth, needs_relay = link.apply(name, model)
+        out = {"rtt_ms": model.rtt_ms, "rate_mbit": model.rate_mbit, "loss_pct": model.loss_pct, "dev": veth.dev,
+               "delay_by": "relay" if needs_relay else ("netem" if model.rtt_ms else "")}
+        if needs_relay:
+            out["relay_port"], out["relay_pid"] = link.start_relay(self.dir, name, veth.ip, model.rtt_ms)
+        return out
 
     def _container_running(self, name: str) -> bool:
         proc = podman.run("inspect", "-f", "{{.State.Running}}", name, check=False)
@@ -263,6 +280,7 @@ class LocalVast:
             if not inst or inst.get("destroyed"):
                 return False
             inst["destroyed"] = time.time()
+        link.stop_relay((inst.get("link") or {}).get("relay_pid"))
         hosts.remove(inst["container"])
         return True
 
@@ -290,6 +308,7 @@ class LocalVast:
         with self.store() as s:
             for inst in s["instances"].values():
                 inst.setdefault("destroyed", time.time())
+                link.stop_relay((inst.get("link") or {}).get("relay_pid"))
         return len(names)
 
 

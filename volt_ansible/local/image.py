@@ -87,8 +87,11 @@ def _build(recipe: Recipe) -> str:
         (root / "etc/ssh/sshd_config.d/volt.conf").write_text("PermitRootLogin prohibit-password\nUseDNS no\n")
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        proc = subprocess.run([podman.require(), "import", "-", recipe.tag], stdin=tar.stdout, env=podman.env(), capture_output=True)
-        tar.wait()
+        try:
+            proc = subprocess.run([podman.require(), "import", "-", recipe.tag], stdin=tar.stdout, env=podman.env(), capture_output=True)
+        finally:
+            tar.stdout.close()  # a podman that stopped reading must end tar (SIGPIPE), not leave it blocked on a full pipe
+            tar.wait()
         if proc.returncode != 0:
             raise VoltError(f"podman import failed: {proc.stderr.decode().strip()}")
     return recipe.tag

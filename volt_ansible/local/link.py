@@ -1,0 +1,243 @@
+"""The link between the controller and a local instance. A real instance is 20-150 ms away behind a limited uplink;
+a local container is neither unless this models it:
+
+- rate: `tbf` on the container's host-side veth (egress there is traffic to the instance);
+- delay and loss: `netem` on that same veth where the kernel has it (CONFIG_NET_SCH_NETEM). Where it does not (the
+  Firecracker kernel of this project's CI machines has tbf and htb but no netem), the delay is made by a relay in
+  the SSH path instead: `ssh_port` then points at a process on 127.0.0.1 that forwards to the container's sshd and
+  holds every chunk RTT/2 in each direction, so each SSH round trip (an Ansible task, a rsync handshake, an SSH
+  channel window update) costs the RTT, as it would over a real link. TCP's own slow start over the long path is not
+  modelled by the relay, and loss needs netem (refused without it).
+
+Set from the environment of the command that rents (the double starts the instance): VOLT_LOCAL_RTT_MS,
+VOLT_LOCAL_RATE_MBIT, VOLT_LOCAL_LOSS_PCT; all unset = a free local link. Only ever the test container's own
+host-side veth is touched: anything else (the default route's device, lo, an unbridged interface) is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from volt_ansible.errors import VoltError
+from volt_ansible.local import podman
+
+ENV = {"rtt_ms": "VOLT_LOCAL_RTT_MS", "rate_mbit": "VOLT_LOCAL_RATE_MBIT", "loss_pct": "VOLT_LOCAL_LOSS_PCT"}
+RELAY_BUFFER = 16 << 20  # bytes in flight per direction: more than 1 Gbit/s x 80 ms
+
+
+@dataclass(frozen=True)
+class Model:
+    rtt_ms: float = 0.0
+    rate_mbit: float = 0.0
+    loss_pct: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rtt_ms or self.rate_mbit or self.loss_pct)
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> Model:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field, name in ENV.items():
+            raw = (environ.get(name) or "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if value < 0 or (field == "loss_pct" and value >= 100):
+                limit = "a number of percent from 0 to 99" if field == "loss_pct" else "a number >= 0 (0 = off)"
+                raise VoltError(f"{name}={raw!r} is not {limit}: fix or unset it")
+            values[field] = value
+        return cls(**values)
+
+
+def netem_available() -> bool:
+    """Whether the kernel has netem (its config; trying a qdisc would mean touching an interface)."""
+    for config in (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}")):
+        try:
+            text = gzip.decompress(config.read_bytes()).decode(errors="replace") if config.suffix == ".gz" else config.read_text(errors="replace")
+        except OSError:
+            continue
+        return "CONFIG_NET_SCH_NETEM=y" in text or "CONFIG_NET_SCH_NETEM=m" in text
+    return Path("/sys/module/sch_netem").exists()
+
+
+class Veth:
+    """The host side of one container's veth: the only interface this module ever shapes."""
+
+    def __init__(self, container: str):
+        iflink = podman.out("exec", container, "cat", "/sys/class/net/eth0/iflink").strip()
+        names = [p.parent.name for p in Path("/sys/class/net").glob("*/ifindex") if p.read_text().strip() == iflink]
+        if len(names) != 1:
+            raise VoltError(f"local link: no single host interface with ifindex {iflink} for {container}: {names}")
+        dev = names[0]
+        route = subprocess.run(["ip", "-o", "route", "show", "default"], capture_output=True, text=True).stdout
+        default_dev = (route.split(" dev ") + [""])[1].split(" ")[0]
+        base = Path(f"/sys/class/net/{dev}")
+        # the container's peer: a bridge port whose own link points into another namespace
+        paired = (base / "master").exists() and (base / "iflink").read_text().strip() != (base / "ifindex").read_text().strip()
+        if dev == default_dev or dev in ("lo", "eth0") or not paired:
+            raise VoltError(f"local link: refusing to shape {dev}: not the test container's bridged veth")
+        self.dev = dev
+        self.ip = podman.out("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container).strip()
+
+    def shape(self, model: Model, netem: bool = False) -> None:
+        """Replace the veth's root qdisc: netem (delay, loss) with tbf under it, or tbf alone."""
+        tbf = ["tbf", "rate", f"{model.rate_mbit:g}mbit", "burst", "32kb", "latency", "50ms"]
+        if netem and (model.rtt_ms or model.loss_pct):
+            em = ["netem", "delay", f"{model.rtt_ms:g}ms"] + (["loss", f"{model.loss_pct:g}%"] if model.loss_pct else [])
+            _tc("qdisc", "replace", "dev", self.dev, "root", "handle", "1:", *em)
+            if model.rate_mbit:
+                _tc("qdisc", "add", "dev", self.dev, "parent", "1:", "handle", "2:", *tbf)
+        elif model.rate_mbit:
+            # burst: a few ms at the rate (TCP hits the rate without ack-clocking gaps); latency bounds the queue
+            _tc("qdisc", "replace", "dev", self.dev, "root", *tbf)
+
+    def unshape(self) -> None:
+        subprocess.run(["tc", "qdisc", "del", "dev", self.dev, "root"], capture_output=True)
+
+    def qdiscs(self) -> str:
+        return subprocess.run(["tc", "qdisc", "show", "dev", self.dev], capture_output=True, text=True).stdout
+
+    def tx_bytes(self) -> int:
+        return int(Path(f"/sys/class/net/{self.dev}/statistics/tx_bytes").read_text())
+
+
+def _tc(*args: str) -> None:
+    proc = subprocess.run(["tc", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise VoltError(f"local link: tc {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def apply(container: str, model: Model) -> tuple[Veth, bool]:
+    """Shape the container's link; returns the veth and whether the delay still needs the relay."""
+    veth = Veth(container)
+    netem = netem_available()
+    if model.loss_pct and not netem:
+        raise VoltError(f"{ENV['loss_pct']}={model.loss_pct:g}: this kernel has no netem (CONFIG_NET_SCH_NETEM), so loss cannot "
+                        "be modelled here: unset it (the delay and the rate work without netem)")
+    veth.shape(model, netem)
+    return veth, bool(model.rtt_ms) and not netem
+
+
+# -- the relay: the delay where the kernel has no netem ----------------------------------------------------------------
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, hang_up) -> None:
+    """Copy one direction, each chunk written `delay_s` after it arrived (order kept, at most RELAY_BUFFER held).
+    A write that fails hangs up both connections (`hang_up`), as a dead path does."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    room = asyncio.Semaphore(max(1, RELAY_BUFFER >> 16))  # 64 KiB reads
+
+    async def deliver() -> None:
+        try:
+            while (item := await queue.get()) is not None:
+                due, data = item
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+                room.release()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            hang_up()
+            while await queue.get() is not None:  # the reading side must never wait for room again
+                room.release()
+
+    sender = asyncio.create_task(deliver())
+    try:
+        while True:
+            await room.acquire()
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            queue.put_nowait((loop.time() + delay_s, data))
+    except (ConnectionError, OSError):
+        hang_up()
+    finally:
+        queue.put_nowait(None)
+        await sender
+
+
+async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float) -> None:
+    async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        try:
+            s_reader, s_writer = await asyncio.open_connection(*target)
+        except OSError:
+            c_writer.close()  # like a host that is gone: the client sees the connection closed
+            return
+
+        def hang_up() -> None:
+            for w in (c_writer, s_writer):
+                w.close()
+
+        await asyncio.gather(_pump(c_reader, s_writer, delay_s, hang_up), _pump(s_reader, c_writer, delay_s, hang_up))
+        hang_up()
+
+    server = await asyncio.start_server(handle, sock=listen)
+    async with server:
+        await server.serve_forever()
+
+
+def relay_main(argv: list[str]) -> int:
+    """python -m volt_ansible.local.link relay <listen-port-file> <target-ip> <target-port> <rtt-ms>: bind a free
+    port on 127.0.0.1, write it to the file, forward with the delay until killed."""
+    port_file, ip, port, rtt_ms = argv
+    listen = socket.create_server(("127.0.0.1", 0))
+    Path(port_file).write_text(f"{listen.getsockname()[1]}\n")
+    asyncio.run(_serve(listen, (ip, int(port)), float(rtt_ms) / 2000.0))
+    return 0
+
+
+def start_relay(run_dir: Path, name: str, ip: str, rtt_ms: float, port: int = 22) -> tuple[int, int]:
+    """Start the relay to a container's port (sshd) in a session of its own; returns (its port on 127.0.0.1, its pid)."""
+    port_file = run_dir / f"relay-{name}.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "volt_ansible.local.link", "relay", str(port_file), ip, str(port), f"{rtt_ms:g}"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = port_file.read_text().strip() if port_file.exists() else ""
+        if text:
+            return int(text), proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    raise VoltError(f"local link: the delay relay for {name} did not start")
+
+
+def relay_running(pid: int | None) -> bool:
+    """Whether `pid` is a relay this module started (by its command line: a recycled pid is someone else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
+    except OSError:
+        return False
+    return b"volt_ansible.local.link" in cmdline and b"relay" in cmdline
+
+
+def stop_relay(pid: int | None) -> None:
+    if relay_running(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 15)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["relay"]:
+        sys.exit(relay_main(sys.argv[2:]))
+    print("usage: python -m volt_ansible.local.link relay <port-file> <ip> <port> <rtt-ms>", file=sys.stderr)
+    sys.exit(2)
