@@ -1,9 +1,10 @@
 import json
+import shlex
 import subprocess
 
 from conftest import REPO
 
-from volt_ansible import inventory, state
+from volt_ansible import inventory, ssh, state
 
 
 def test_empty_without_state(tmp_path):
@@ -22,6 +23,16 @@ def test_host_pinned_to_campaign_key_and_known_hosts(tmp_path, monkeypatch):
     assert hv["ansible_ssh_private_key_file"] == str(tmp_path / "id_ed25519")
     assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in hv["ansible_ssh_common_args"]
     assert "StrictHostKeyChecking=yes" in hv["ansible_ssh_common_args"]
+
+
+def test_a_project_path_with_a_space_stays_one_ssh_argument(tmp_path, monkeypatch):
+    """Ansible splits ansible_ssh_common_args like a shell: the pinned known_hosts path must survive it whole."""
+    vd = tmp_path / "my campaign" / ".volt"
+    vd.mkdir(parents=True)
+    monkeypatch.setenv("VOLT_DIR", str(vd))
+    state.save(state.State(campaign="c", instance=state.Instance(id=7, offer_id=1, backend="vast", ssh_host="ssh5.vast.ai", ssh_port=2)))
+    args = shlex.split(inventory.build(vd)["_meta"]["hostvars"]["volt-7"]["ansible_ssh_common_args"])
+    assert f"UserKnownHostsFile={vd / 'known_hosts'}" in args and args == [*ssh.pinning(vd)]
 
 
 def test_script_protocol_through_ansible_inventory(tmp_path):

@@ -7,10 +7,11 @@ plain `ansible-playbook`, with or without the project's virtualenv (volt_ansible
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
-from volt_ansible.ssh import check_host
+from volt_ansible.ssh import check_host, key_path, pinning
 
 GROUP = "volt"
 
@@ -37,8 +38,7 @@ def build(volt_dir: Path) -> dict:
         host = check_host(inst.get("ssh_host", ""))
     except VoltError as e:
         raise SystemExit(f"volt inventory: {name}: {e}") from None
-    key = volt_dir / "id_ed25519"
-    known_hosts = volt_dir / "known_hosts"
+    key = key_path(volt_dir)
     inv[GROUP]["hosts"].append(name)
     inv["_meta"]["hostvars"][name] = {
         "ansible_host": host,
@@ -47,8 +47,7 @@ def build(volt_dir: Path) -> dict:
         "ansible_ssh_private_key_file": str(key),
         # Pinned per instance: this campaign's known_hosts only, strict checking, never global "no"; the
         # operator's ssh agent never goes to a rented host, whatever ~/.ssh/config says.
-        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "
-                                   "-o ForwardAgent=no",
+        "ansible_ssh_common_args": shlex.join(pinning(volt_dir)),
         "volt_instance_id": inst["id"],
         "volt_backend": inst.get("backend", ""),
         "volt_gpu_name": inst.get("gpu_name", ""),
