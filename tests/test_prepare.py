@@ -16,9 +16,14 @@ def recap(stdout: str) -> dict[str, int]:
 
 
 def test_prepare_builds_both_binaries_then_changes_nothing(project):
-    project.cli("provision")
+    """On the production default Rust path: the real rustup-init from the local world's copy of static.rust-lang.org."""
+    project.cli("provision", VOLT_LOCAL_RUST="rustup")
+    assert project.state()["instance"]["host_vars"]["rust_toolchain_method"] == "rustup"
     first = project.sh("ansible-playbook playbooks/prepare.yml", timeout=900)
     assert recap(first.stdout)["failed"] == 0 and recap(first.stdout)["changed"] > 0
+    assert re.search(r"TASK \[rust_toolchain : Run rustup-init\][^\n]*\n(?:[^\n]*\n)*?changed: \[volt-", first.stdout), first.stdout[-4000:]
+    shown = project.cli("ssh", "--", "/root/.cargo/bin/rustup show active-toolchain").stdout
+    assert shown.startswith("stable-x86_64-unknown-linux-gnu"), shown
     assert "Start cargo build (in the background" in first.stdout
     assert "Check the GPU, the driver and nvcc while it compiles" in first.stdout
 

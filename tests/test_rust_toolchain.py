@@ -1,9 +1,10 @@
 """roles/rust_toolchain run for real on SSH test hosts (the decision logic: tests/test_rust_toolchain_logic.py).
 
-The rustup method cannot reach static.rust-lang.org here, so its host test serves a fake rustup-init from
-a file:// mirror inside the test host: that checks the URL the role builds, the rustup-init arguments, the
-RUSTUP_* / CARGO_HOME environment, the checksum check, the wrappers and the update path, but not a real
-rustup download.
+The rustup method cannot reach static.rust-lang.org here, so its host tests mount a local copy of it read-only:
+volt_ansible.local.rustdist lays this machine's stable toolchain out as a rustup dist server (channel manifest,
+component tarballs, rustup-init) and the real rustup-init installs from it over file://. That checks the URL the role
+builds, the rustup-init arguments, the RUSTUP_* / CARGO_HOME environment, the checksum check, the wrappers and the
+update path against rustup itself; only the download from the internet is left out.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ rt = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(rt)
 
 OLD_RUSTC = "rustc 1.80.0 (051478957 2024-07-21)"
-NEW_RUSTC = "rustc 1.95.0 (59807616e 2026-04-14)"
 
 
 # --- the role on real SSH test hosts ---------------------------------------------------------------------
@@ -63,8 +63,8 @@ def fake(version_line: str) -> str:
 def ssh_host(make_host):
     """A test host whose sshd already answers (make_host returns as soon as the container runs)."""
 
-    def factory():
-        host = make_host()
+    def factory(volumes: list[str] | None = None):
+        host = make_host(volumes=volumes)
         assert ssh(host, "true").returncode == 0, "sshd of the test host never answered"
         return host
 
@@ -76,6 +76,23 @@ def archive() -> Path:
     from volt_ansible.local import toolchain
 
     return toolchain.ensure_archive()
+
+
+@pytest.fixture
+def rustup_dist() -> Path:
+    """This machine's toolchain as a rustup dist server tree (built once per machine, then a cache hit)."""
+    from volt_ansible.local import rustdist
+
+    return rustdist.ensure_tree()
+
+
+def local_version(tool: str) -> str:
+    """What this machine's own stable `tool --version` says: the mirror serves exactly that toolchain."""
+    from volt_ansible.local import rustdist, toolchain
+
+    path = rustdist.find_rustup() if tool == "rustup" else toolchain.find_toolchain() / "bin" / tool
+    proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return proc.stdout.splitlines()[0].strip()
 
 
 @pytest.fixture
@@ -178,84 +195,133 @@ def test_rustup_refuses_an_old_rustc_it_does_not_manage(ssh_host):
     assert not host.exec("ls /root/.cargo /usr/local/bin/rustc 2>/dev/null", check=False).stdout  # nothing was installed
 
 
-# A stand-in for rustup, served from a file:// mirror inside the test host. rustup-init and rustup log how
-# they were run; the proxies print the version in $RUSTUP_HOME/fake-version (and fail without it).
-FAKE_RUSTUP = r"""#!/bin/sh
-set -eu
-home=${RUSTUP_HOME:-$HOME/.rustup}
-v=$(cat "$home/fake-version")
-case "${0##*/}" in
-  rustc|cargo|rustdoc) echo "${0##*/} $v (fake00000 2026-01-01)" ;;
-  rustup)
-    [ "${1:-}" = --version ] && { echo "rustup 1.28.2 (fake)"; exit 0; }
-    echo "rustup $* | RUSTUP_HOME=${RUSTUP_HOME:-} CARGO_HOME=${CARGO_HOME:-}" \
-      "RUSTUP_DIST_SERVER=${RUSTUP_DIST_SERVER:-} RUSTUP_UPDATE_ROOT=${RUSTUP_UPDATE_ROOT:-}" >> /var/log/fake-rustup.log
-    case "${1:-}" in
-      update) echo 1.95.0 > "$home/fake-version"; echo "  $2-x86_64-unknown-linux-gnu updated - rustc 1.95.0 (fake00000 2026-01-01)" ;;
-      default) echo "info: default toolchain set to '$2-x86_64-unknown-linux-gnu'" >&2 ;;
-    esac ;;
-esac
-"""
-FAKE_RUSTUP_INIT = r"""#!/bin/sh
-set -eu
-echo "rustup-init $* | RUSTUP_HOME=$RUSTUP_HOME CARGO_HOME=$CARGO_HOME" \
-  "RUSTUP_DIST_SERVER=$RUSTUP_DIST_SERVER RUSTUP_UPDATE_ROOT=$RUSTUP_UPDATE_ROOT" >> /var/log/fake-rustup.log
-mkdir -p "$CARGO_HOME/bin" "$RUSTUP_HOME"
-echo 1.95.0 > "$RUSTUP_HOME/fake-version"
-cp /srv/fake-rustup "$CARGO_HOME/bin/rustup"
-for t in cargo rustc rustdoc; do ln -f "$CARGO_HOME/bin/rustup" "$CARGO_HOME/bin/$t"; done
-"""
-MIRROR_ENV = "RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo RUSTUP_DIST_SERVER=https://dist.invalid/rust RUSTUP_UPDATE_ROOT=file:///srv/rustup"
+def mirror_host(ssh_host, rustup_dist):
+    """A test host with the dist tree mounted read-only where rustdist.role_vars() points rustup."""
+    from volt_ansible.local import rustdist
+
+    return ssh_host(volumes=[f"{rustup_dist}:{rustdist.MOUNT}:ro"])
+
+
+def rustup_play(**role_vars) -> str:
+    from volt_ansible.local import rustdist
+
+    return play(rust_toolchain_apt_packages=[], **rustdist.role_vars(), **role_vars)
 
 
 @pytest.mark.podman
-def test_rustup_install_and_update_through_a_mirror(ssh_host):
-    host = ssh_host()
-    host.put(FAKE_RUSTUP, "/srv/fake-rustup")
-    host.put(FAKE_RUSTUP_INIT, "/srv/rustup/dist/x86_64-unknown-linux-gnu/rustup-init")
-    host.exec("cd /srv/rustup/dist/x86_64-unknown-linux-gnu && sha256sum rustup-init > rustup-init.sha256")
-    pb = play(rust_toolchain_method="rustup", rust_toolchain_apt_packages=[], rust_toolchain_rustup_update_root="file:///srv/rustup",
-              rust_toolchain_rustup_dist_server="https://dist.invalid/rust")
-    log = lambda: host.exec("cat /var/log/fake-rustup.log").stdout.splitlines()  # noqa: E731
+def test_rustup_install_and_update_through_a_mirror(ssh_host, rustup_dist):
+    """The real rustup-init from a file:// mirror: dry run, install, a second run, `rustup update` both unchanged and
+    from an older toolchain."""
+    from volt_ansible.local.toolchain import host_triple
+
+    built = json.loads((rustup_dist / "rustdist.json").read_text())
+    triple = host_triple()
+    toolchain_dir = f"/root/.rustup/toolchains/stable-{triple}"
+    update_hash = f"/root/.rustup/update-hashes/stable-{triple}"
+    init = f"rustup-init -y --no-modify-path --profile minimal --default-toolchain stable from file:///srv/rustup-dist/rustup/dist/{triple}/rustup-init"
+    rustc, cargo = local_version("rustc"), local_version("cargo")
+    host = mirror_host(ssh_host, rustup_dist)
+    pb = rustup_play()
 
     # A dry run shows what would run (command, URL, environment) and installs nothing.
     dry = host.playbook(pb, check=True, args=["--check"])
-    assert "rustup-init -y --no-modify-path --profile minimal --default-toolchain stable from " \
-           "file:///srv/rustup/dist/x86_64-unknown-linux-gnu/rustup-init" in dry.stdout
-    assert '"RUSTUP_DIST_SERVER": "https://dist.invalid/rust"' in dry.stdout and '"CARGO_HOME": "/root/.cargo"' in dry.stdout
-    assert not host.exec("ls /root/.cargo /var/log/fake-rustup.log 2>/dev/null", check=False).stdout
+    assert init in dry.stdout
+    for name, value in (("RUSTUP_DIST_SERVER", "file:///srv/rustup-dist"), ("RUSTUP_UPDATE_ROOT", "file:///srv/rustup-dist/rustup"),
+                        ("RUSTUP_HOME", "/root/.rustup"), ("CARGO_HOME", "/root/.cargo")):
+        assert f'"{name}": "{value}"' in dry.stdout, name
+    assert not host.exec("ls -d /root/.cargo /root/.rustup /usr/local/bin/rustc 2>/dev/null", check=False).stdout
 
     first = host.playbook(pb, check=True)
-    assert "rustup-init -y --no-modify-path --profile minimal --default-toolchain stable from " \
-           "file:///srv/rustup/dist/x86_64-unknown-linux-gnu/rustup-init" in first.stdout
-    assert log() == [f"rustup-init -y --no-modify-path --profile minimal --default-toolchain stable | {MIRROR_ENV}"]
+    assert init in first.stdout
+    assert task_result(first.stdout, "Run rustup-init") == "changed"
+    # rustup-init put rustup into CARGO_HOME and the minimal profile of the mirror's stable channel into RUSTUP_HOME.
+    assert host.exec("ls /root/.rustup/toolchains").stdout.split() == [f"stable-{triple}"]
+    assert sorted(host.exec(f"cat {toolchain_dir}/lib/rustlib/components").stdout.split()) == sorted(
+        f"{pkg}-{triple}" for pkg in built["components"])
+    # The channel came from the mirror (the host has no internet): rustup keeps the hash of the manifest it installed.
+    seen = host.exec(f"cat {update_hash}").stdout.strip()
+    assert len(seen) >= 16 and built["channel_sha256"].startswith(seen), seen
     for tool in ("cargo", "rustc", "rustup"):
-        out = ssh(host, f"command -v {tool} && {tool} --version")
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.splitlines()[0] == f"/usr/local/bin/{tool}"
-    assert ssh(host, "cargo --version").stdout.strip() == "cargo 1.95.0 (fake00000 2026-01-01)"
+        out = ssh(host, f"command -v {tool}")
+        assert out.stdout.strip() == f"/usr/local/bin/{tool}", out.stdout + out.stderr
+    assert ssh(host, "rustc --version").stdout.strip() == rustc
+    assert ssh(host, "cargo --version").stdout.strip() == cargo
+    assert ssh(host, "rustup --version").stdout.splitlines()[0] == local_version("rustup")
+    assert ssh(host, "rustup show profile").stdout.strip() == "minimal"
+    assert ssh(host, "rustup default").stdout.split()[0] == f"stable-{triple}"
     # The wrappers pin the homes: the proxies still find their toolchain when HOME is elsewhere.
-    assert ssh(host, "HOME=/nonexistent rustc --version").stdout.strip() == "rustc 1.95.0 (fake00000 2026-01-01)"
+    assert ssh(host, "HOME=/nonexistent rustc --version").stdout.strip() == rustc
     assert ssh(host, "HOME=/nonexistent /root/.cargo/bin/rustc --version").returncode != 0
     assert not host.exec("ls /tmp | grep rustup-init", check=False).stdout  # the download is cleaned up
 
+    installed = host.exec(f"stat -c '%i %Y' {toolchain_dir}/bin/rustc /root/.cargo/bin/rustup").stdout
     again = host.playbook(pb, check=True)
     assert recap(again)["changed"] == 0
-    assert len(log()) == 1
+    assert "Run rustup-init" not in again.stdout and "Run rustup update" not in again.stdout
+    assert host.exec(f"stat -c '%i %Y' {toolchain_dir}/bin/rustc /root/.cargo/bin/rustup").stdout == installed
 
-    host.exec("echo 1.80.0 > /root/.rustup/fake-version")  # the rustup toolchain is now too old
-    update = host.playbook(pb, check=True)
+    # rustup itself, through the same mirror, finds the toolchain and itself current.
+    env = "RUSTUP_DIST_SERVER=file:///srv/rustup-dist RUSTUP_UPDATE_ROOT=file:///srv/rustup-dist/rustup"
+    same = ssh(host, f"{env} rustup update stable")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert f"stable-{triple} unchanged - {rustc}" in same.stdout + same.stderr
+
+    # The rustup toolchain is now too old, as if installed from an older channel: its rustc says 1.80.0, and its
+    # manifest and update hash are not the mirror's. The role updates it with rustup, which reinstalls from the mirror.
+    host.put(fake(OLD_RUSTC), f"{toolchain_dir}/bin/rustc")
+    host.exec(f"sed -i 's/^date = .*/date = \"2024-07-25\"/' {toolchain_dir}/lib/rustlib/multirust-channel-manifest.toml "
+              f"&& echo {'0' * len(seen)} > {update_hash}")
+    assert ssh(host, "rustc --version").stdout.strip() == OLD_RUSTC
+    update = host.playbook(pb, check=True, args=["-v"])  # -v: rustup's own output
     assert "/root/.cargo/bin/rustc is rustc 1.80.0, older than 1.85: updating it with /root/.cargo/bin/rustup" in update.stdout
-    assert log()[1:] == [f"rustup update stable | {MIRROR_ENV}", f"rustup default stable | {MIRROR_ENV}"]
-    assert ssh(host, "rustc --version").stdout.strip() == "rustc 1.95.0 (fake00000 2026-01-01)"
+    assert task_result(update.stdout, "Run rustup update stable") == "changed"
+    assert task_result(update.stdout, "Make the default toolchain stable") == "changed"
+    assert f"stable-{triple} updated - {rustc} (from {OLD_RUSTC})" in update.stdout
+    assert ssh(host, "rustc --version").stdout.strip() == rustc
+    assert host.exec(f"cat {update_hash}").stdout.strip() == seen
+    assert f'date = "{built["date"]}"' in host.exec(f"cat {toolchain_dir}/lib/rustlib/multirust-channel-manifest.toml").stdout
+    assert recap(host.playbook(pb, check=True))["changed"] == 0
 
-    # A pinned rustup-init checksum that does not match stops the install.
-    host.exec("rm -rf /root/.cargo /root/.rustup /usr/local/bin/cargo /usr/local/bin/rustc /usr/local/bin/rustdoc /usr/local/bin/rustup")
-    bad = host.playbook(play(rust_toolchain_method="rustup", rust_toolchain_apt_packages=[], rust_toolchain_rustup_update_root="file:///srv/rustup",
-                             rust_toolchain_rustup_init_sha256="0" * 64))
+
+@pytest.mark.podman
+def test_rustup_init_checksum_is_checked(ssh_host, rustup_dist):
+    """A pinned rustup-init checksum that does not match stops the install before rustup-init runs; one that matches
+    (the mirror's own) installs, without fetching the published rustup-init.sha256."""
+    built = json.loads((rustup_dist / "rustdist.json").read_text())
+    host = mirror_host(ssh_host, rustup_dist)
+
+    bad = host.playbook(rustup_play(rust_toolchain_rustup_init_sha256="0" * 64))
     assert bad.returncode != 0
-    assert "checksum" in bad.stdout.lower() and "Download rustup-init" in bad.stdout
-    assert len(log()) == 3  # rustup-init did not run
+    assert "checksum" in bad.stdout.lower() and task_result(bad.stdout, "Download rustup-init") in ("failed", "fatal")
+    assert "TASK [rust_toolchain : Run rustup-init]" not in bad.stdout
+    assert not host.exec("ls -d /root/.cargo /root/.rustup /usr/local/bin/rustc 2>/dev/null", check=False).stdout  # rustup-init did not run
+    assert not host.exec("ls /tmp | grep rustup-init", check=False).stdout
+
+    pinned = host.playbook(rustup_play(rust_toolchain_rustup_init_sha256=built["rustup_init_sha256"]), check=True)
+    assert task_result(pinned.stdout, "Download rustup-init's published checksum") == "skipping"
+    assert task_result(pinned.stdout, "Run rustup-init") == "changed"
+    assert ssh(host, "rustc --version").stdout.strip() == local_version("rustc")
+
+
+@pytest.mark.podman
+def test_rustup_installs_into_the_homes_it_is_given(ssh_host, rustup_dist):
+    """rust_toolchain_rustup_home / rust_toolchain_cargo_home reach rustup-init, the probe and the wrappers: the
+    toolchain is there, nothing under ~/.rustup or ~/.cargo, and a second run changes nothing."""
+    from volt_ansible.local.toolchain import host_triple
+
+    host = mirror_host(ssh_host, rustup_dist)
+    pb = rustup_play(rust_toolchain_rustup_home="/opt/rustup", rust_toolchain_cargo_home="/opt/cargo")
+    first = host.playbook(pb, check=True)
+    assert '"RUSTUP_HOME": "/opt/rustup"' in first.stdout and '"CARGO_HOME": "/opt/cargo"' in first.stdout
+    assert host.exec("ls /opt/rustup/toolchains").stdout.split() == [f"stable-{host_triple()}"]
+    assert {"cargo", "rustc", "rustup"} <= set(host.exec("ls /opt/cargo/bin").stdout.split())
+    assert 'exec "/opt/cargo/bin/cargo"' in host.exec("cat /usr/local/bin/cargo").stdout
+    assert ssh(host, "HOME=/nonexistent cargo --version").stdout.strip() == local_version("cargo")
+    assert ssh(host, "rustc --version").stdout.strip() == local_version("rustc")
+    assert not host.exec("ls -d /root/.cargo /root/.rustup 2>/dev/null", check=False).stdout
+    again = host.playbook(pb, check=True)
+    assert recap(again)["changed"] == 0, again.stdout[-3000:]
+    assert not host.exec("ls -d /root/.cargo /root/.rustup 2>/dev/null", check=False).stdout
 
 
 def test_a_url_archive_needs_its_sha256_before_any_remote_task(nowhere):

@@ -5,6 +5,7 @@ static.rust-lang.org for a real instance, they reach it over its own network, no
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
-from volt_ansible.local import toolchain
+from volt_ansible.local import rustdist, toolchain
 from volt_ansible.spec import SPEC_FILE, read
 
 GIT_MOUNT = "/srv/git"
@@ -20,6 +21,16 @@ RUST_MOUNT = "/srv/rust-dist"
 FIXTURE = Path("tests/fixtures/volt-x")
 NVIDIA_SMI = Path("molecule/resources/nvidia-smi")
 CUDA = Path("/usr/local/cuda")
+# How a local instance gets Rust: "archive" (this machine's toolchain packed, the default) or "rustup" (the real
+# rustup-init from a local copy of static.rust-lang.org, local/rustdist.py), from the renting command's environment.
+RUST_ENV = "VOLT_LOCAL_RUST"
+
+
+def rust_method() -> str:
+    method = os.environ.get(RUST_ENV, "") or "archive"
+    if method not in ("archive", "rustup"):
+        raise VoltError(f"{RUST_ENV}={method!r}: choose archive (the packed toolchain, the default) or rustup (the real rustup-init)")
+    return method
 
 
 @dataclass
@@ -58,9 +69,12 @@ class World:
         return conf
 
     def volumes(self, instance_id: int, offer: dict) -> list[str]:
-        archive = toolchain.ensure_archive()
-        vols = [f"{self.git_dir}:{GIT_MOUNT}:ro", f"{archive}:{RUST_MOUNT}/{archive.name}:ro",
-                f"{self.root / NVIDIA_SMI}:/usr/bin/nvidia-smi:ro",
+        if rust_method() == "rustup":
+            rust = f"{rustdist.ensure_tree()}:{rustdist.MOUNT}:ro"
+        else:
+            archive = toolchain.ensure_archive()
+            rust = f"{archive}:{RUST_MOUNT}/{archive.name}:ro"
+        vols = [f"{self.git_dir}:{GIT_MOUNT}:ro", rust, f"{self.root / NVIDIA_SMI}:/usr/bin/nvidia-smi:ro",
                 f"{self.gpu_conf(instance_id, offer)}:/etc/nvidia-smi-double.conf:ro"]
         if CUDA.exists():
             real = CUDA.resolve()  # like a Vast SSH session: nvcc present under /usr/local/cuda-*, not on PATH
@@ -84,11 +98,10 @@ class World:
         return root
 
     def host_vars(self) -> dict:
-        archive = toolchain.ensure_archive()
-        return {
-            "repo_build_repo": self.publish_fixture(),
-            "rust_toolchain_method": "archive",
-            "rust_toolchain_archive": f"file://{RUST_MOUNT}/{archive.name}",
-            "rust_toolchain_archive_sha256": toolchain.archive_sha256(archive),
-            "data_sync_local_root": str(self.publish_data()),
-        }
+        if rust_method() == "rustup":
+            rust = rustdist.role_vars()
+        else:
+            archive = toolchain.ensure_archive()
+            rust = {"rust_toolchain_method": "archive", "rust_toolchain_archive": f"file://{RUST_MOUNT}/{archive.name}",
+                    "rust_toolchain_archive_sha256": toolchain.archive_sha256(archive)}
+        return {"repo_build_repo": self.publish_fixture(), **rust, "data_sync_local_root": str(self.publish_data())}
