@@ -107,3 +107,12 @@ def test_an_instance_rented_with_an_rtt_is_that_far_away_and_its_relay_goes_with
     project.cli("destroy", "--yes")
     time.sleep(0.2)
     assert not link.relay_running(far.get("relay_pid"))  # destroy ended it
+
+
+@pytest.mark.podman
+def test_a_bad_setting_stops_provision_in_one_line_before_anything_is_rented(project):
+    proc = project.cli("provision", "--backend", "local", check=False, VOLT_LOCAL_RTT_MS="80ms")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["error: VOLT_LOCAL_RTT_MS='80ms' is not a number >= 0 (0 = off): fix or unset it"], proc.stderr
+    assert project.double().instances() == [] and project.double().containers() == []

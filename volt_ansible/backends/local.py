@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from volt_ansible.backends.vast import VastApi
-from volt_ansible.local import podman
+from volt_ansible.local import link, podman
 from volt_ansible.local.double import LocalVast
 from volt_ansible.local.server import DoubleServer
 from volt_ansible.local.world import World
@@ -27,6 +27,7 @@ class LocalBackend(VastApi):
             raise
 
     def instance_vars(self, root: Path, progress: Callable[[str], None]) -> dict:
+        link.Model.from_env()  # a bad VOLT_LOCAL_* value is one line here, before anything is rented
         progress("preparing the local world (fixture repo, toolchain archive)")
         self.double.world = World(root, self.double.dir)  # what the instances it creates mount
         return self.double.world.host_vars()
