@@ -32,7 +32,6 @@ directory renamed into place when complete, under a lock so that concurrent test
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -87,17 +86,9 @@ def rustup_version(rustup: Path) -> str:
     return m.group(1)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _publish(path: Path) -> str:
     """Write `<path>.sha256` as static.rust-lang.org does ("<sha256>  <name>") and return the digest."""
-    digest = _sha256(path)
+    digest = toolchain.file_sha256(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
 

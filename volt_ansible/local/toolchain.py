@@ -104,11 +104,17 @@ def archive_sha256(archive: Path) -> str:
         digest, _, seen = side.read_text().partition(" ")
         if seen.strip() == stamp:
             return digest
+    digest = file_sha256(archive)
+    atomic_write(side, f"{digest} {stamp}\n", mode=0o644, durable=False)
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    """Plain SHA-256 of a file, as sha256sum and rustup check downloads (not the product's chunked sha256t)."""
     h = hashlib.sha256()
-    with archive.open("rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-    atomic_write(side, f"{h.hexdigest()} {stamp}\n", mode=0o644, durable=False)
     return h.hexdigest()
 
 
