@@ -116,3 +116,7 @@ def test_a_bad_setting_stops_provision_in_one_line_before_anything_is_rented(pro
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == ["error: VOLT_LOCAL_RTT_MS='80ms' is not a number >= 0 (0 = off): fix or unset it"], proc.stderr
     assert project.double().instances() == [] and project.double().containers() == []
+    if not link.netem_available():  # loss needs netem: said before renting too, not by a create that fails later
+        proc = project.cli("provision", "--backend", "local", check=False, VOLT_LOCAL_LOSS_PCT="1")
+        assert proc.returncode != 0 and "VOLT_LOCAL_LOSS_PCT=1: this kernel has no netem" in proc.stderr, proc.stderr
+        assert project.double().instances() == [] and project.double().containers() == []

@@ -27,7 +27,7 @@ class LocalBackend(VastApi):
             raise
 
     def instance_vars(self, root: Path, progress: Callable[[str], None]) -> dict:
-        link.Model.from_env()  # a bad VOLT_LOCAL_* value is one line here, before anything is rented
+        link.check(link.Model.from_env())  # a bad VOLT_LOCAL_* value is one line here, before anything is rented
         progress("preparing the local world (fixture repo, toolchain archive)")
         self.double.world = World(root, self.double.dir)  # what the instances it creates mount
         return self.double.world.host_vars()

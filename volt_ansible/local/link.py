@@ -121,13 +121,19 @@ def _tc(*args: str) -> None:
         raise VoltError(f"local link: tc {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
-def apply(container: str, model: Model) -> tuple[Veth, bool]:
-    """Shape the container's link; returns the veth and whether the delay still needs the relay."""
-    veth = Veth(container)
-    netem = netem_available()
-    if model.loss_pct and not netem:
+def check(model: Model) -> Model:
+    """The model, or one line when this machine cannot make it (loss without netem)."""
+    if model.loss_pct and not netem_available():
         raise VoltError(f"{ENV['loss_pct']}={model.loss_pct:g}: this kernel has no netem (CONFIG_NET_SCH_NETEM), so loss cannot "
                         "be modelled here: unset it (the delay and the rate work without netem)")
+    return model
+
+
+def apply(container: str, model: Model) -> tuple[Veth, bool]:
+    """Shape the container's link; returns the veth and whether the delay still needs the relay."""
+    check(model)
+    veth = Veth(container)
+    netem = netem_available()
     veth.shape(model, netem)
     return veth, bool(model.rtt_ms) and not netem
 
