@@ -32,6 +32,7 @@ PARTIAL_DIR = _m.PARTIAL_DIR
 hash_workers = _m.hash_workers
 digest_files = _m.digest_files
 file_digest = _m.file_digest
+plain_sha256 = _m.plain_sha256
 dir_digest = _m.dir_digest
 walk_files = _m.walk_files
 path_digest = _m.path_digest

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -80,20 +79,12 @@ def manifest_path(local_dir: str | os.PathLike) -> Path:
     return Path(local_dir) / MANIFEST
 
 
-def _legacy_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(fileops.READ_BLOCK), b""):
-            h.update(block)
-    return f"{LEGACY_ALGO}:{h.hexdigest()}"
-
-
 def digest_of(path: str | os.PathLike, algo: str = ALGO) -> str:
     """"<algo>:<hex>" of a file: sha256t (fileops.file_digest, both ends of every transfer) or a legacy entry's sha256."""
     if algo == ALGO:
         return fileops.file_digest(path)
     if algo == LEGACY_ALGO:
-        return _legacy_sha256(path)
+        return f"{LEGACY_ALGO}:{fileops.plain_sha256(path)}"
     raise HomeError(f"unknown digest algorithm {algo!r} for {path} (known: {ALGO}, {LEGACY_ALGO}): upgrade volt-ansible")
 
 

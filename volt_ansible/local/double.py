@@ -110,7 +110,6 @@ class LocalVast:
         return offers.search(query, rented)
 
     def create(self, offer_id: int, body: dict) -> dict:
-        link.Model.from_env()  # a bad VOLT_LOCAL_* setting is one line here, before anything is rented
         offer = next((o for o in offers.CATALOGUE if o["id"] == offer_id), None)
         if offer is None:
             return {"success": False, "error": "no_such_ask", "msg": f"Offer {offer_id} does not exist."}

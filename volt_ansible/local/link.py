@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import os
 import socket
@@ -63,6 +64,7 @@ class Model:
         return cls(**values)
 
 
+@functools.cache
 def netem_available() -> bool:
     """Whether the kernel has netem (its config; trying a qdisc would mean touching an interface)."""
     for config in (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}")):

@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
+from volt_ansible.fileops import plain_sha256
 from volt_ansible.local import toolchain
 
 RECIPE_VERSION = 1  # bump when the layout below changes
@@ -88,7 +89,7 @@ def rustup_version(rustup: Path) -> str:
 
 def _publish(path: Path) -> str:
     """Write `<path>.sha256` as static.rust-lang.org does ("<sha256>  <name>") and return the digest."""
-    digest = toolchain.file_sha256(path)
+    digest = plain_sha256(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
     return digest
 
@@ -205,7 +206,7 @@ def build(root: Path, rustup: Path, out: Path, triple: str) -> dict:
     rustlib = root / "lib" / "rustlib"
     text = (rustlib / "multirust-channel-manifest.toml").read_text()
     manifest = tomllib.loads(text)
-    date = manifest["date"]
+    date, release = manifest["date"], manifest["pkg"]["rust"]["version"].split()[0]
     pkgs = profile_components(manifest, triple)
     for pkg in pkgs:  # fail before packing anything
         if not (rustlib / f"manifest-{pkg}-{triple}").is_file():
@@ -218,7 +219,6 @@ def build(root: Path, rustup: Path, out: Path, triple: str) -> dict:
         official = (target.get("url") or "").rsplit("/", 1)[-1]
         if official.endswith(".tar.gz"):
             return official
-        release = manifest["pkg"]["rust"]["version"].split()[0]
         return f"{pkg}-{release}-{triple}.tar.gz"
 
     names = {pkg: tarball_name(pkg) for pkg in pkgs}
@@ -229,7 +229,6 @@ def build(root: Path, rustup: Path, out: Path, triple: str) -> dict:
 
     rewritten = channel_manifest(text, served)
     check_manifest(rewritten, served)
-    release = manifest["pkg"]["rust"]["version"].split()[0]
     for channel in ("stable", release):
         path = out / "dist" / f"channel-rust-{channel}.toml"
         path.write_text(rewritten)

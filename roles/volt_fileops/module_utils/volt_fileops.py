@@ -81,6 +81,16 @@ def file_digest(path) -> str:
     return digest_files([str(path)])[str(path)][1]
 
 
+def plain_sha256(path) -> str:
+    """The hex SHA-256 of a file as sha256sum prints it (not the product's sha256t): what rustup and sha256sum check,
+    and what old home.json entries hold."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(READ_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def dir_digest(entries: list) -> str:
     """Digest of a directory from (relative path, size, digest) of each of its files."""
     h = hashlib.sha256(b"volt-sha256d-v1\0")
