@@ -78,10 +78,10 @@ def backup(host, local: Path, check: bool = False, **knobs):
 
 
 TRAINING = {  # mid stage 2: stage 1 finished (its epochs archived), Phase 0.3 finished; ages in seconds
-    "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": (400_000, 9000),
-    "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors": (400_000, 8000),
+    "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors": (400_000, 9000),
+    "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_2.safetensors": (400_000, 8000),
     "checkpoints/scaled_vfn_stage1.safetensors": (400_000, 7900),
-    "checkpoints/scaled_vfn_epoch_1.safetensors": (400_000, 4000),
+    "checkpoints/scaled_vfn_stage2_epoch_1.safetensors": (400_000, 4000),
     "checkpoints/codebook_code.bin": (100_000, 5000),
     "logs/phase03.log": (3000, 5000),
     "logs/phase21_stage1.log": (3000, 7900),
@@ -92,21 +92,21 @@ TRAINING = {  # mid stage 2: stage 1 finished (its epochs archived), Phase 0.3 f
 def test_backup_pulls_complete_files_verified_and_a_second_run_moves_nothing(make_host, tmp_path: Path):
     host = make_host()
     local = tmp_path / "runs" / "c"
-    seed(host, {**TRAINING, "checkpoints/scaled_vfn_epoch_2.safetensors": (400_000, 2), "checkpoints/scaled_vfn.safetensors.tmp": (10, 300)},
+    seed(host, {**TRAINING, "checkpoints/scaled_vfn_stage2_epoch_2.safetensors": (400_000, 2), "checkpoints/scaled_vfn.safetensors.tmp": (10, 300)},
          {"checkpoints/.volt-epochs": "stage2\n", "logs/phase03.status": "job=phase03\nstate=running\n"})
     first = backup(host, local, check=True, backup_stable_s=3600)  # epoch 2 stays "being written" during the test
     m = manifest(local)
     assert sorted(m["files"]) == sorted([
-        "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors", "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors",
-        "checkpoints/scaled_vfn_stage1.safetensors", "checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors",
+        "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors", "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_2.safetensors",
+        "checkpoints/scaled_vfn_stage1.safetensors", "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors",
         "logs/phase03.log", "logs/phase21_stage1.log"])
     for path, e in m["files"].items():
         assert local_sha(local / path) == e["digest"] == remote_sha(host, e["src"]), path
-    assert m["files"]["checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors"]["src"] == "checkpoints/scaled_vfn_epoch_1.safetensors"
+    assert m["files"]["checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors"]["src"] == "checkpoints/scaled_vfn_stage2_epoch_1.safetensors"
     assert "checkpoints/codebook_code.bin (job phase03 is not done (logs/phase03.status: state=running))" in first.stdout
-    assert re.search(r"checkpoints/scaled_vfn_epoch_2.safetensors \(modified \d+s ago \(still being written\?\), backup_stable_s=3600\)",
+    assert re.search(r"checkpoints/scaled_vfn_stage2_epoch_2.safetensors \(modified \d+s ago \(still being written\?\), backup_stable_s=3600\)",
                      first.stdout)
-    assert not (local / "checkpoints/scaled_vfn_epoch_2.safetensors").exists() and not list(local.rglob("*.tmp"))
+    assert not (local / "checkpoints/scaled_vfn_stage2_epoch_2.safetensors").exists() and not list(local.rglob("*.tmp"))
     assert [p for p in (local / home.STAGING).rglob("*") if p.is_file()] == []
 
     before = (local / "home.json").read_bytes()
@@ -118,10 +118,10 @@ def test_backup_pulls_complete_files_verified_and_a_second_run_moves_nothing(mak
 
     # Phase 0.3 finishes, stage 2 moves on: exactly the new files come home
     host.exec(f"printf 'job=phase03\\nstate=done\\n' > {ROOT}/logs/phase03.status")
-    host.exec(f"touch -d '-2 hours' {ROOT}/checkpoints/scaled_vfn_epoch_2.safetensors")
+    host.exec(f"touch -d '-2 hours' {ROOT}/checkpoints/scaled_vfn_stage2_epoch_2.safetensors")
     third = backup(host, local, check=True, backup_stable_s=3600)
     new = set(manifest(local)["files"]) - set(json.loads(before)["files"])
-    assert new == {"checkpoints/codebook_code.bin", "checkpoints/epochs/stage2/scaled_vfn_epoch_2.safetensors"}
+    assert new == {"checkpoints/codebook_code.bin", "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_2.safetensors"}
     assert "2 file(s) came home" in third.stdout
 
 
@@ -161,7 +161,7 @@ def test_full_local_disk_stops_before_any_download(make_host, tmp_path: Path):
                      r"\(backup_min_free_mb\): free some space or set backup_local_dir to a bigger disk; nothing was downloaded", fatal(proc))
     assert not (local / "home.json").exists() and [p for p in local.rglob("*") if p.is_file()] == []
     # what the new files need counts too: 40 MiB of checkpoints on a disk with 20 MiB less than that to spare
-    seed(host, {"checkpoints/scaled_vfn_epoch_3.safetensors": (40 << 20, 300)})
+    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_3.safetensors": (40 << 20, 300)})
     st = os.statvfs(local)
     proc = backup(host, local, backup_min_free_mb=st.f_bavail * st.f_frsize / (1 << 20) - 20)
     assert proc.returncode != 0 and "MiB of new files +" in fatal(proc) and "nothing was downloaded" in fatal(proc), fatal(proc)
@@ -200,14 +200,14 @@ def corrupting_rsync(tmp_path: Path, local: Path, limit: int) -> Path:
 def test_a_corrupted_download_is_downloaded_again_and_only_then_home(make_host, tmp_path: Path):
     host = make_host()
     local = tmp_path / "runs"
-    seed(host, {"checkpoints/scaled_vfn_epoch_1.safetensors": (300_000, 300), "logs/phase21_stage1.log": (2000, 300)},
+    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_1.safetensors": (300_000, 300), "logs/phase21_stage1.log": (2000, 300)},
          {"checkpoints/.volt-epochs": "stage1\n"})
     proc = backup(host, local, check=True, backup_rsync=str(corrupting_rsync(tmp_path, local, limit=1)))
     assert "Pull the files with rsync (attempt 2)" in proc.stdout
     attempt2 = proc.stdout.split("TASK [backup : Pull the files with rsync (attempt 2)]")[1].split("TASK [")[0]
     assert "changed:" in attempt2  # the retry re-sent the corrupted blocks
-    e = manifest(local)["files"]["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
-    assert e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors")
+    e = manifest(local)["files"]["checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"]
+    assert e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_stage1_epoch_1.safetensors")
     assert local_sha(local / e["path"]) == e["digest"]
     assert manifest(local)["last_run"]["attempt"] == 2 and manifest(local)["last_run"]["home"] == 2
 
@@ -216,19 +216,19 @@ def test_a_corrupted_download_is_downloaded_again_and_only_then_home(make_host, 
 def test_a_download_that_stays_corrupted_fails_loudly_and_is_never_home(make_host, tmp_path: Path):
     host = make_host()
     local = tmp_path / "runs"
-    seed(host, {"checkpoints/scaled_vfn_epoch_1.safetensors": (300_000, 300), "logs/phase21_stage1.log": (2000, 300)},
+    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_1.safetensors": (300_000, 300), "logs/phase21_stage1.log": (2000, 300)},
          {"checkpoints/.volt-epochs": "stage1\n"})
     proc = backup(host, local, backup_rsync=str(corrupting_rsync(tmp_path, local, limit=99)), backup_retries=1)
     assert proc.returncode != 0
     msg = fatal(proc)
-    assert ("backup: checkpoints/scaled_vfn_epoch_1.safetensors still differ(s) from the copy on vt-" in msg
+    assert ("backup: checkpoints/scaled_vfn_stage1_epoch_1.safetensors still differ(s) from the copy on vt-" in msg
             and "after 2 downloads (home sha256t:" in msg and "not marked home" in msg), proc.stdout[-3000:]
-    assert remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors") in msg
+    assert remote_sha(host, "checkpoints/scaled_vfn_stage1_epoch_1.safetensors") in msg
     files = manifest(local)["files"]
     assert list(files) == ["logs/phase21_stage1.log"]  # the good file is home, the bad one is not
-    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors")
+    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors")
     assert not (local / "checkpoints").exists()
-    assert not (local / home.STAGING / "checkpoints/scaled_vfn_epoch_1.safetensors").exists()
+    assert not (local / home.STAGING / "checkpoints/scaled_vfn_stage1_epoch_1.safetensors").exists()
 
 
 
@@ -255,11 +255,11 @@ BIG = 12_000_000
 def test_a_killed_download_resumes_from_the_partial_file(make_host, tmp_path: Path):
     host = make_host()
     local = tmp_path / "runs"
-    seed(host, {"checkpoints/scaled_vfn_epoch_3.safetensors": (BIG, 300)}, {"checkpoints/.volt-epochs": "stage1\n"})
+    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_3.safetensors": (BIG, 300)}, {"checkpoints/.volt-epochs": "stage1\n"})
     result = {}
     t = threading.Thread(target=lambda: result.update(proc=backup(host, local, backup_bwlimit_kbps=2500, backup_rsync_retries=0)))
     t.start()
-    _wait_for_landing(local, "scaled_vfn_epoch_3.safetensors", BIG, 0.4)
+    _wait_for_landing(local, "scaled_vfn_stage1_epoch_3.safetensors", BIG, 0.4)
     mine = descendants(os.getpid())
     rsyncs = [p for p in mine if comm(p) == "rsync" and not any(p in descendants(q) for q in mine if comm(q) == "rsync")]
     assert len(rsyncs) == 1, f"not one rsync client running: {rsyncs}"
@@ -268,17 +268,17 @@ def test_a_killed_download_resumes_from_the_partial_file(make_host, tmp_path: Pa
     proc = result["proc"]
     assert proc.returncode != 0
     assert "backup: rsync from vt-" in fatal(proc) and "run the backup again: it resumes from the partial file" in fatal(proc)
-    partial = local / home.STAGING / "checkpoints/.rsync-partial/scaled_vfn_epoch_3.safetensors"
+    partial = local / home.STAGING / "checkpoints/.rsync-partial/scaled_vfn_stage1_epoch_3.safetensors"
     kept = partial.stat().st_size
     assert kept >= BIG * 0.4
-    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_epoch_3.safetensors")
+    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_3.safetensors")
 
     again = backup(host, local, check=True)
     run = manifest(local)["last_run"]
     assert run["literal_bytes"] <= BIG - kept + 64 * 1024, run  # the rest of the file, not all of it again
     assert run["wire_bytes"] < BIG * 0.65, run
-    e = manifest(local)["files"]["checkpoints/epochs/stage1/scaled_vfn_epoch_3.safetensors"]
-    assert e["size"] == BIG and e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_epoch_3.safetensors") == local_sha(local / e["path"])
+    e = manifest(local)["files"]["checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_3.safetensors"]
+    assert e["size"] == BIG and e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_stage1_epoch_3.safetensors") == local_sha(local / e["path"])
     assert not partial.exists()
     assert f"{run['wire_bytes']} bytes received over the wire" in again.stdout
 
@@ -299,23 +299,23 @@ def test_a_backup_killed_mid_download_leaves_home_json_valid_and_the_next_one_fi
     seed(host, {"logs/phase21_stage1.log": (2000, 300)})
     backup(host, local, check=True)
     before = (local / "home.json").read_bytes()
-    seed(host, {"checkpoints/scaled_vfn_epoch_1.safetensors": (BIG, 300), "logs/phase03.log": (1000, 300)},
+    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_1.safetensors": (BIG, 300), "logs/phase03.log": (1000, 300)},
          {"checkpoints/.volt-epochs": "stage1\n"})
     proc = start_backup(host, local, backup_bwlimit_kbps=2500)
     try:
-        _wait_for_landing(local, "scaled_vfn_epoch_1.safetensors", BIG, 0.4)
+        _wait_for_landing(local, "scaled_vfn_stage1_epoch_1.safetensors", BIG, 0.4)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the whole backup: ansible-playbook, its rsync and ssh
         proc.wait(30)
     assert (local / "home.json").read_bytes() == before  # still the last complete manifest
     assert list(json.loads(before)["files"]) == ["logs/phase21_stage1.log"]
-    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors")
+    assert not home.is_home(local, "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors")
 
     backup(host, local, check=True)
     files = manifest(local)["files"]
-    assert set(files) == {"logs/phase21_stage1.log", "logs/phase03.log", "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"}
-    e = files["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
-    assert e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_epoch_1.safetensors") == local_sha(local / e["path"])
+    assert set(files) == {"logs/phase21_stage1.log", "logs/phase03.log", "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"}
+    e = files["checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"]
+    assert e["digest"] == remote_sha(host, "checkpoints/scaled_vfn_stage1_epoch_1.safetensors") == local_sha(local / e["path"])
     assert manifest(local)["last_run"]["wire_bytes"] < BIG * 0.75  # resumed, not started over
 
 
@@ -339,7 +339,7 @@ def test_volt_ansible_run_backup_uses_the_campaigns_pinned_connection(project):
 def test_volt_ansible_backup_reports_what_is_home(project):
     """`volt-ansible backup`: the same playbook, plus what is home and what is still missing."""
     project.cli("provision")
-    project.cli("ssh", "--", f"mkdir -p {ROOT}/checkpoints && head -c 30000 /dev/urandom > {ROOT}/checkpoints/scaled_vfn_epoch_1.safetensors"
+    project.cli("ssh", "--", f"mkdir -p {ROOT}/checkpoints && head -c 30000 /dev/urandom > {ROOT}/checkpoints/scaled_vfn_stage1_epoch_1.safetensors"
                              f" && echo stage1 > {ROOT}/checkpoints/.volt-epochs && touch -d '-1 hour' {ROOT}/checkpoints/*")
     out = project.cli("backup").stdout
     assert "backup ok" in out and "home: 1 file(s)" in out, out

@@ -46,7 +46,7 @@ def test_whole_campaign_on_the_local_backend(project, tmp_path):
         time.sleep(3)
     assert "stage3" in status and any(ln.startswith("stage3") and " done " in ln for ln in status.splitlines()), status
 
-    assert "train-vfn: done" in project.cli("logs", "stage1", "-n", "20").stdout
+    assert "Final model saved: checkpoints/scaled_vfn_stage1.safetensors" in project.cli("logs", "stage1", "-n", "20").stdout
     png = tmp_path / "loss.png"
     project.cli("plot", "-o", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

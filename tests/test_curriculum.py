@@ -44,10 +44,30 @@ def test_jobs_in_order_with_kind_argv_inputs_output_epochs_log_status():
     assert s3["epoch"] == {"dir": "checkpoints", "prefix": "scaled_vfn_epoch_", "suffix": ".safetensors",
                            "glob": "checkpoints/scaled_vfn_epoch_*.safetensors", "owner": "checkpoints/.volt-epochs",
                            "archive": "checkpoints/epochs/stage3"}
+    assert s1["epoch"]["glob"] == "checkpoints/scaled_vfn_stage1_epoch_*.safetensors"  # {stem} of stage 1's own --output
+    assert [(j["resume_flag"], j["cpu_fallback"]) for j in got] == [(None, "")] + [("--resume", "falling back to CPU")] * 3
     assert s1["previous"] is None and s3["previous"] == {"name": "stage2", "output": "checkpoints/scaled_vfn_stage2.safetensors"}
     assert s1["args"]["--lr"] == "1e-4" and s1["args"]["--epochs"] == 10  # the merged table: common args, the stage's over them
     assert curriculum.outputs(got) == ["checkpoints/codebook_code.bin", "checkpoints/scaled_vfn_stage1.safetensors",
                                        "checkpoints/scaled_vfn_stage2.safetensors", "checkpoints/scaled_vfn.safetensors"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"epoch_checkpoint": "{stem}_epoch.safetensors"}, "epoch_checkpoint must contain {epoch} once"),
+    ({"epoch_checkpoint": "{name}_epoch_{epoch}.safetensors"}, "may use only {stem} and {epoch}"),
+    ({"epoch_checkpoint": "old/{stem}_{epoch}.safetensors"}, "is a file name"),
+    ({"log_patterns": {"progress": "Step (\\d+)"}}, "volt_curriculum.log_patterns.progress = .* has no named group"),
+    ({"log_patterns": {"progress": "Step (?P<step>"}}, "volt_curriculum.log_patterns.progress = .* is not a valid regex"),
+    ({"log_patterns": {"speed": "x"}}, "volt_curriculum.log_patterns.speed is not a known pattern"),
+])
+def test_a_bad_epoch_name_or_log_pattern_is_one_line_naming_it(change, message):
+    with pytest.raises(CurriculumError, match=message):
+        resolve(cur={**GV["volt_curriculum"], **change})
+
+
+def test_without_a_resume_flag_no_job_resumes():
+    got = resolve(cur={**GV["volt_curriculum"], "resume_flag": None})
+    assert [j["resume_flag"] for j in got] == [None] * 4 and all(j["epoch"] for j in got[1:])
 
 
 def test_flag_values_one_way():
@@ -99,8 +119,13 @@ def test_layout_is_the_resolved_jobs():
         (j["name"], j["output"], j["log"], j["status"], j["gpu"], j["stage"], j["epoch"]) for j in resolved]
     assert [j.script for j in lay.jobs] == [j["script_path"] for j in resolved]
     assert (lay.chain.status, lay.chain.log, lay.chain.script) == ("logs/phase21.status", "logs/phase21.log", "/root/volt-x/.volt-train/phase21.sh")
-    assert (lay.epoch_dir, lay.epoch_prefix, lay.epoch_suffix, lay.epoch_owner, lay.epoch_archive) == (
-        "checkpoints", "scaled_vfn_epoch_", ".safetensors", "checkpoints/.volt-epochs", "epochs")
+    assert (lay.epoch_owner, lay.epoch_archive) == ("checkpoints/.volt-epochs", "epochs")
+    # each stage's epoch files are named after its own --output (the real train-vfn: <output stem>_epoch_<e>)
+    assert [(j.epoch["prefix"], j.epoch["suffix"]) for j in lay.stages] == [
+        ("scaled_vfn_stage1_epoch_", ".safetensors"), ("scaled_vfn_stage2_epoch_", ".safetensors"), ("scaled_vfn_epoch_", ".safetensors")]
+    assert jobs.epoch_number(lay.job("stage1"), "x/scaled_vfn_stage1_epoch_12.safetensors") == 12
+    assert jobs.epoch_number(lay.job("stage1"), "checkpoints/scaled_vfn_epoch_12.safetensors") is None  # stage 3's, not stage 1's
+    assert [(j.bin, j.help) for j in lay.stages[:1]] == [("target/release/train-vfn", "target/release/.volt-help/train-vfn.txt")]
 
 
 def test_job_paths_what_the_jobs_read_and_write():

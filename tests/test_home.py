@@ -282,7 +282,7 @@ def test_backup_jobs_are_the_resolved_curriculum():
         ("stage1", "checkpoints/scaled_vfn_stage1.safetensors", "logs/stage1.status", "logs/phase21_stage1.log"),
         ("stage2", "checkpoints/scaled_vfn_stage2.safetensors", "logs/stage2.status", "logs/phase21_stage2.log"),
         ("stage3", "checkpoints/scaled_vfn.safetensors", "logs/stage3.status", "logs/phase21_stage3.log")]
-    assert jobs[0]["epoch"] is None and jobs[1]["epoch"] == {"dir": "checkpoints", "prefix": "scaled_vfn_epoch_", "suffix": ".safetensors",
+    assert jobs[0]["epoch"] is None and jobs[1]["epoch"] == {"dir": "checkpoints", "prefix": "scaled_vfn_stage1_epoch_", "suffix": ".safetensors",
                                                              "owner": "checkpoints/.volt-epochs", "archive_dir": "checkpoints/epochs"}
     moved = filters.backup_jobs(SPEC["volt_phase03"], SPEC["volt_curriculum"], {"status_dir": "state", "epoch_archive": "done"})
     assert moved[1]["status"] == "state/stage1.status" and moved[1]["epoch"]["archive_dir"] == "checkpoints/done"

@@ -30,7 +30,7 @@ def one_line_error(proc) -> str:
     return lines[0]
 
 
-def drill_spec(project, epochs: int, epoch_ms: int) -> None:
+def drill_spec(project, epochs: int, epoch_ms: int, features: list[str] | None = None) -> None:
     """Stage 1 only (Phase 0.3 beside it), slow enough to be preempted between epochs; quick rounds of watch."""
     cur = yaml.safe_load((REPO / "group_vars/all.yml").read_text())["volt_curriculum"]
     project.spec(
@@ -38,6 +38,7 @@ def drill_spec(project, epochs: int, epoch_ms: int) -> None:
         volt_watch={"poll_s": 1, "api_retry_delay_s": 0},
         training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": epoch_ms},
         backup_stable_s=1,
+        **({"repo_build_features": features} if features else {}),
     )
 
 
@@ -55,8 +56,15 @@ def on_instance(project, command: str) -> str:
 
 
 @pytest.mark.reuse_build  # needs the binaries, does not test building them (tests/buildshare.py)
-def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project):
-    drill_spec(project, epochs=10, epoch_ms=3000)  # still training when `finish` is tried right after the recovery
+@pytest.mark.parametrize("resumable", [
+    # a Volt-X whose train-vfn has a resume option (the fixture's cargo feature `resume`): the newest epoch home is resumed
+    pytest.param(True, id="resumable"),
+    # Volt-X's main: no resume option; the stage restarts from epoch 1, says what that costs, loses nothing finished
+    pytest.param(False, id="non-resumable"),
+])
+def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project, resumable):
+    # still training when `finish` is tried right after the recovery
+    drill_spec(project, epochs=10 if resumable else 6, epoch_ms=3000, features=["vfn-training", "resume"] if resumable else None)
     project.cli("provision")
     project.cli("run", "prepare", timeout=900)
     project.cli("run", "sync")
@@ -72,6 +80,10 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     assert "checkpoints/scaled_vfn_stage1.safetensors" not in home(project)  # stage 1 is still training
     newest = max(stage1_epochs_home(project))
     old_id = state["instance"]["id"]
+    assert state["resume"] == {"stage1": resumable}  # read from the built train-vfn's --help, recorded for the recovery
+    if not resumable:
+        assert "resume: stage1: train-vfn has no --resume (its --help): if the instance is lost, stage1 restarts from epoch 1" in \
+            project.cli("status").stdout
 
     refused = one_line_error(project.cli("destroy", "--yes", check=False))
     assert f"not destroying instance {old_id}: on the instance, " in refused and "not home yet" in refused  # training goes on
@@ -81,11 +93,20 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     out = project.cli("recover", timeout=900).stdout
     new_id = project.state()["instance"]["id"]
     assert f"instance {new_id} replaces {old_id}" in out and "exited in the Vast API" in out
-    assert f"stage1 resumes from epoch {newest}" in out
-
-    # the replacement's stage 1 started from the newest epoch at home, not from zero
     log = on_instance(project, f"cat {DEST}/logs/phase21_stage1.log")
-    assert f"train-vfn: resumed from checkpoints/scaled_vfn_epoch_{newest}.safetensors at epoch {newest}" in log, log
+    first_exec = re.findall(r"^volt-job: \S+ exec (.*)$", log, re.M)[0]
+    if resumable:
+        assert f"stage1 resumes from epoch {newest}" in out
+        # the replacement's stage 1 started from the newest epoch at home, not from zero
+        assert f"Resumed from checkpoints/scaled_vfn_stage1_epoch_{newest}.safetensors (epoch {newest}," in log, log
+        assert first_exec.endswith(f" --resume checkpoints/scaled_vfn_stage1_epoch_{newest}.safetensors")
+    else:
+        # said before anything is rented, with what it costs; no epoch checkpoint is sent to a binary that cannot use it
+        assert re.search(rf"stage1 restarts from epoch 1 \(train-vfn has no --resume in its --help\): {newest} finished epoch\(s\), "
+                         r"~[0-9.]+ GPU-hours \(~\$[0-9.]+\) trained again", out), out
+        assert "--resume" not in first_exec and "Resumed from" not in log
+        # never pushed back: the job found no epoch checkpoint at its start (else its start line says "trained again")
+        assert re.search(r"^volt-job: \S+ start stage1 attempt 1 batch 32$", log, re.M), log
     start = re.search(r"^volt-job: (\S+) start stage1 attempt 1", log, re.M)
     gpu_busy = datetime.fromisoformat(start[1].replace("Z", "+00:00")).timestamp() - preempted
     print(f"\ndrill: preempt -> GPU job running again: {gpu_busy:.0f} s (recover reported {out.split('after ')[-1].split()[0]} s)")
@@ -169,8 +190,9 @@ def test_watch_killed_mid_download_restarts_and_finishes_the_backup(project):
     big = 30 * 1024 * 1024
     project.spec(backup_bwlimit_kbps=2500, backup_stable_s=1)
     project.cli("provision")
-    on_instance(project, f"mkdir -p {DEST}/checkpoints && cd {DEST}/checkpoints && head -c {big} /dev/urandom > scaled_vfn_epoch_1.safetensors "
-                         "&& echo stage1 > .volt-epochs && touch -d '-1 min' scaled_vfn_epoch_1.safetensors")
+    on_instance(project, f"mkdir -p {DEST}/checkpoints && cd {DEST}/checkpoints && "
+                         f"head -c {big} /dev/urandom > scaled_vfn_stage1_epoch_1.safetensors "
+                         "&& echo stage1 > .volt-epochs && touch -d '-1 min' scaled_vfn_stage1_epoch_1.safetensors")
     incoming = project.root / "runs" / "volt-x-phase21" / ".incoming"
     watch = subprocess.Popen([sys.executable, "-m", "volt_ansible", "watch", "--once", "--interval", "0.01"], cwd=project.root,
                              env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -184,12 +206,12 @@ def test_watch_killed_mid_download_restarts_and_finishes_the_backup(project):
         watch.wait(30)
     state = project.state()  # parses: the state file is never half-written
     assert state["instance"] is not None and state["home"] is None
-    assert "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors" not in home(project)
+    assert "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors" not in home(project)
 
     out = project.cli("watch", "--once", "--interval", "0.01", timeout=300).stdout
-    entry = home(project)["checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"]
-    remote = on_instance(project, f"sha256sum {DEST}/checkpoints/scaled_vfn_epoch_1.safetensors").split()[0]
-    came_home = project.root / "runs" / "volt-x-phase21" / "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"
+    entry = home(project)["checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"]
+    remote = on_instance(project, f"sha256sum {DEST}/checkpoints/scaled_vfn_stage1_epoch_1.safetensors").split()[0]
+    came_home = project.root / "runs" / "volt-x-phase21" / "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"
     assert hashlib.sha256(came_home.read_bytes()).hexdigest() == remote and entry["size"] == big
     assert entry["digest"] == fileops.file_digest(came_home)
     assert project.state()["home"]["newest_epoch"]["epoch"] == 1, out

@@ -7,6 +7,7 @@ import hashlib
 from conftest import REPO
 
 from volt_ansible import fileops, home, jobs, ledger, recovery
+from volt_ansible.campaign.up import resume_line
 from volt_ansible.jobs import JobState, LogProgress, Snapshot
 
 
@@ -33,36 +34,50 @@ def put(local, rel: str, data: bytes, **meta) -> None:
 def test_plan_pushes_finished_outputs_and_the_newest_verified_epoch_of_the_first_unfinished_stage(tmp_path):
     put(tmp_path, "checkpoints/codebook_code.bin", b"codebook", kind="output", job="phase03")
     put(tmp_path, "checkpoints/scaled_vfn_stage1.safetensors", b"s1", kind="output", job="stage1")
-    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_epoch_10.safetensors", b"e10", kind="epoch", job="stage1", epoch=10, mtime_ns=1)
-    put(tmp_path, "checkpoints/epochs/stage2/scaled_vfn_epoch_3.safetensors", b"e3", kind="epoch", job="stage2", epoch=3, mtime_ns=2)
-    put(tmp_path, "checkpoints/epochs/stage2/scaled_vfn_epoch_4.safetensors", b"e4", kind="epoch", job="stage2", epoch=4, mtime_ns=3)
-    (tmp_path / "checkpoints/epochs/stage2/scaled_vfn_epoch_4.safetensors").write_bytes(b"XX")  # damaged at home: not used
+    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_10.safetensors", b"e10", kind="epoch", job="stage1", epoch=10, mtime_ns=1)
+    put(tmp_path, "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_3.safetensors", b"e3", kind="epoch", job="stage2", epoch=3, mtime_ns=2)
+    put(tmp_path, "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_4.safetensors", b"e4", kind="epoch", job="stage2", epoch=4, mtime_ns=3)
+    (tmp_path / "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_4.safetensors").write_bytes(b"XX")  # damaged at home: not used
     plan = recovery.plan(lay(), tmp_path)
     assert plan.pending == ["stage2", "stage3"]
     assert (plan.owner, plan.resume_epoch) == ("stage2", 3)
     assert [(f["path"], f["dest"]) for f in plan.files] == [
         ("checkpoints/codebook_code.bin", "checkpoints/codebook_code.bin"),
         ("checkpoints/scaled_vfn_stage1.safetensors", "checkpoints/scaled_vfn_stage1.safetensors"),
-        ("checkpoints/epochs/stage2/scaled_vfn_epoch_3.safetensors", "checkpoints/scaled_vfn_epoch_3.safetensors"),
+        ("checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_3.safetensors", "checkpoints/scaled_vfn_stage2_epoch_3.safetensors"),
     ]
     assert plan.describe().startswith("to run: stage2, stage3; stage2 resumes from epoch 3")
 
 
 def test_plan_with_sha256t_entries_hands_out_their_digests_and_puts_the_epoch_where_its_stage_writes(tmp_path):
     """Entries of this version (sha256t) and of older manifests (sha256) side by side: each verified with its own algorithm."""
-    for rel, data in (("checkpoints/codebook_code.bin", b"codebook"), ("checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors", b"e2")):
+    for rel, data in (("checkpoints/codebook_code.bin", b"codebook"), ("checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_2.safetensors", b"e2")):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(data)
     new = fileops.file_digest(tmp_path / "checkpoints/codebook_code.bin")
     home.merge(tmp_path, [{"path": "checkpoints/codebook_code.bin", "size": 8, "digest": new, "kind": "output", "job": "phase03"}])
-    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors", b"e2", kind="epoch", job="stage1", epoch=2, mtime_ns=1)
+    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_2.safetensors", b"e2", kind="epoch", job="stage1", epoch=2, mtime_ns=1)
     plan = recovery.plan(lay(), tmp_path)
     assert plan.pending == ["stage1", "stage2", "stage3"] and (plan.owner, plan.resume_epoch) == ("stage1", 2)
     assert [(f["dest"], f["digest"]) for f in plan.files] == [
         ("checkpoints/codebook_code.bin", new),
-        ("checkpoints/scaled_vfn_epoch_2.safetensors", "sha256:" + hashlib.sha256(b"e2").hexdigest())]
+        ("checkpoints/scaled_vfn_stage1_epoch_2.safetensors", "sha256:" + hashlib.sha256(b"e2").hexdigest())]
     (tmp_path / "checkpoints/codebook_code.bin").write_bytes(b"codebooX")  # damaged at home: Phase 0.3 runs again
     assert recovery.plan(lay(), tmp_path).pending[0] == "phase03"
+
+
+def test_a_stage_that_cannot_resume_gets_no_epoch_checkpoint_and_the_plan_says_what_restarting_costs(tmp_path):
+    put(tmp_path, "checkpoints/codebook_code.bin", b"codebook", kind="output", job="phase03")
+    put(tmp_path, "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_4.safetensors", b"e4", kind="epoch", job="stage1", epoch=4, mtime_ns=1)
+    plan = recovery.plan(lay(), tmp_path, resume={"stage1": False}, epoch_s={"stage1": 1800.0}, dph=0.2)
+    assert [f["dest"] for f in plan.files] == ["checkpoints/codebook_code.bin"]  # 200 MB sent for nothing: not sent
+    assert (plan.owner, plan.resume_epoch, plan.pending[0]) == ("", None, "stage1")
+    assert plan.restart == ("stage1 restarts from epoch 1 (train-vfn has no --resume in its --help): 4 finished epoch(s), "
+                            "~2.00 GPU-hours (~$0.40) trained again")
+    assert plan.restart in plan.describe()
+    # not known (never read): the checkpoint goes, the job's launch decides from the binary it runs
+    assert recovery.plan(lay(), tmp_path, resume={}).resume_epoch == 4
+    assert recovery.plan(lay(), tmp_path, resume={"stage1": True}).resume_epoch == 4
 
 
 def test_plan_with_nothing_home_runs_everything_from_zero(tmp_path):
@@ -100,3 +115,16 @@ def test_budget():
     assert ledger.over_budget(p, 5.0) == ""
     assert ledger.over_budget(p, 2.5).startswith("projected $3.0000 > budget $2.5000")
     assert ledger.over_budget(ledger.Projection(3.0, None, 0.2), 2.5).startswith("spent $3.0000, budget $2.5000")
+
+
+def test_the_up_plan_says_whether_a_lost_instance_costs_an_epoch_or_a_stage():
+    stages = lay().stages
+    assert resume_line(stages, {"stage1": True, "stage2": True, "stage3": True}, {}, True) == (
+        "resume: train-vfn takes --resume: a lost instance costs at most the epoch in progress")
+    assert resume_line(stages, {}, {}, False) == (
+        "resume: train-vfn's --help is read after the build (Volt-X's train-vfn at main has no --resume): without it a lost "
+        "instance restarts its stage from epoch 1, up to 10 epochs trained again")
+    assert resume_line(stages, {"stage1": False}, {"stage1": 1800.0}, True) == (
+        "resume: train-vfn has no --resume (its --help): without it a lost instance restarts its stage from epoch 1, up to 10 epochs "
+        "(~5.0 GPU-hours) trained again; pricing interruptible: expect that repeated work after every preemption")
+    assert resume_line([j for j in lay().jobs if j.stage is None], {}, {}, True) == ""  # Phase 0.3 only: no epochs to lose

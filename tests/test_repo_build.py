@@ -149,7 +149,9 @@ def test_build_cache_skips_compiling_on_a_new_instance(make_host, tmp_path, orig
     assert "Start cargo build" in out.stdout and len(list(cache.glob("*.tar.gz"))) == 1
     record = json.loads(next(cache.glob("*.v3.json")).read_text())  # who built it, when, from what, every file's sha256
     assert record["commit"] == origin.head() and record["built_by"]["host"] == first.name and record["built_at"] > 0
-    assert set(record["files"]) == {"target/release/codebook-init", "target/release/train-vfn", "target/release/.volt-build-stamp"}
+    assert set(record["files"]) == {"target/release/codebook-init", "target/release/train-vfn", "target/release/.volt-build-stamp",
+                                    # what each binary's --help says, kept with it (whether train-vfn can resume is read there)
+                                    "target/release/.volt-help/codebook-init.txt", "target/release/.volt-help/train-vfn.txt"}
     assert record["files"]["target/release/train-vfn"] == first.exec("sha256sum /root/volt-x/target/release/train-vfn").stdout.split()[0]
 
     second = make_host("dev", volumes=[origin.volume])
@@ -157,6 +159,8 @@ def test_build_cache_skips_compiling_on_a_new_instance(make_host, tmp_path, orig
     assert "Restore the cached binaries" in out.stdout
     assert second.exec("test -e /root/volt-x/logs/build.log", check=False).returncode != 0  # cargo never ran here
     assert second.exec("test -x /root/volt-x/target/release/codebook-init && test -x /root/volt-x/target/release/train-vfn").returncode == 0
+    usage = second.exec("cat /root/volt-x/target/release/.volt-help/train-vfn.txt").stdout  # restored with the binaries
+    assert "--data" in usage and "--resume" not in usage  # the default build, like Volt-X's main: no resume option
     rerun = second.playbook(play(vars_, serve=False), check=True)
     assert "changed=0" in recap(rerun)
 
@@ -189,8 +193,8 @@ def test_a_toolchain_id_lets_a_cache_hit_skip_rust(make_host, tmp_path, origin):
         tar.extractall(tampered, filter="data")
     (tampered / "target/release/train-vfn").write_text("#!/bin/sh\necho planted > /tmp/planted\n")
     with tarfile.open(entry, "w:gz") as tar:
-        for f in sorted((tampered / "target/release").iterdir()):
-            tar.add(f, f"target/release/{f.name}")
+        for f in sorted(p for p in (tampered / "target/release").rglob("*") if p.is_file()):
+            tar.add(f, str(f.relative_to(tampered)))
     victim = make_host("dev", volumes=[origin.volume])
     proc = victim.playbook(play(vars_, toolchain=False, serve=False))
     text = " ".join(proc.stdout.split())

@@ -245,8 +245,9 @@ def test_destroy_an_instance_where_nothing_ever_ran(project):
 def test_destroy_refuses_only_what_exists_and_is_not_home_and_force_names_only_that(project):
     iid = provisioned(project)
     on_instance(project, "mkdir -p /root/volt-x/checkpoints /root/volt-x/logs && cd /root/volt-x && "
-                         "head -c 1000 /dev/urandom > checkpoints/scaled_vfn_epoch_1.safetensors && "
-                         "echo 'epoch 1/10 step 5 loss 0.5' > logs/phase21_stage1.log && echo started > logs/phase03.log")
+                         "head -c 1000 /dev/urandom > checkpoints/scaled_vfn_stage1_epoch_1.safetensors && "
+                         "echo '[Epoch 1/1] Step 5/50 | Loss: 0.5000 | LR: 1.00e-6 | 128 slots' > logs/phase21_stage1.log && "
+                         "echo started > logs/phase03.log")
     # the stage-1 log is home (same size and modification time as on the instance); the rest is not
     size, mtime = on_instance(project, "stat -c '%s %Y' /root/volt-x/logs/phase21_stage1.log").split()
     runs = project.root / "runs" / "volt-x-phase21"
@@ -260,13 +261,13 @@ def test_destroy_refuses_only_what_exists_and_is_not_home_and_force_names_only_t
     line = proc.stderr.strip()
     assert "\n" not in line
     assert line.startswith(f"error: not destroying instance {iid}: on the instance, "
-                           "checkpoints/scaled_vfn_epoch_1.safetensors, logs/phase03.log not home yet; run `volt-ansible backup`"), line
+                           "checkpoints/scaled_vfn_stage1_epoch_1.safetensors, logs/phase03.log not home yet; run `volt-ansible backup`"), line
     assert "codebook_code.bin" not in line  # never written: nothing to lose
 
     proc = project.cli("destroy", "--yes", "--force")
     assert f"instance(s) {iid} destroyed" in proc.stdout
     lost = " ".join(proc.stdout.split())
-    assert "lost (not home): checkpoints/scaled_vfn_epoch_1.safetensors, logs/phase03.log;" in lost
+    assert "lost (not home): checkpoints/scaled_vfn_stage1_epoch_1.safetensors, logs/phase03.log;" in lost
     assert "scaled_vfn.safetensors" not in lost and "phase21_stage1.log" not in lost
 
 

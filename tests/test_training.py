@@ -56,7 +56,21 @@ SETUP = f"""
       vars:
         repo_build_repo: file:///srv/volt-x.git
         repo_build_heartbeat_s: 1
+
+    # Volt-X's train-vfn has no resume option; the fixture's cargo feature `resume` gives one, so that both kinds of
+    # binary are tested: use_build() puts one or the other (with the --help saved beside it) where the jobs run it.
+    - name: Build train-vfn with the fixture's resume option too
+      ansible.builtin.include_role:
+        name: repo_build
+      vars:
+        repo_build_repo: file:///srv/volt-x.git
+        repo_build_dest: /root/volt-x-resume
+        repo_build_features: [vfn-training, resume]
+        repo_build_bins: [train-vfn]
+        repo_build_heartbeat_s: 1
 """
+BUILDS = {"default": DEST, "resume": "/root/volt-x-resume"}
+STEMS = {"stage1": "scaled_vfn_stage1", "stage2": "scaled_vfn_stage2", "stage3": "scaled_vfn"}  # <output stem>_epoch_<e>
 
 
 def group_vars() -> dict:
@@ -78,7 +92,16 @@ def setup_host(host: TestHost) -> None:
     host.exec(f"cd {DEST} && python3 /srv/volt-x-src/make_data.py {DEST} >/dev/null && mkdir -p /root/inputs "
               f"&& cp -a {DEST}/checkpoints {DEST}/data /root/inputs/")
     host.put((REPO / "molecule/resources/nvidia-smi").read_text(), "/usr/bin/nvidia-smi")
+    for kind, src in BUILDS.items():
+        host.exec(f"mkdir -p /root/builds/{kind} && cp {src}/target/release/train-vfn {src}/target/release/.volt-help/train-vfn.txt "
+                  f"/root/builds/{kind}/")
     reset(host)
+
+
+def use_build(host: TestHost, kind: str) -> None:
+    """The train-vfn the jobs run: `default` (no resume option, as Volt-X's main) or `resume` (the fixture's feature)."""
+    host.exec(f"cp /root/builds/{kind}/train-vfn {DEST}/target/release/train-vfn && "
+              f"cp /root/builds/{kind}/train-vfn.txt {DEST}/target/release/.volt-help/train-vfn.txt")
 
 
 def reset(host: TestHost, ready: tuple[str, ...] = JOBS) -> None:
@@ -88,7 +111,8 @@ def reset(host: TestHost, ready: tuple[str, ...] = JOBS) -> None:
               "sleep 0.1; done; true",
               check=False)
     host.exec(f"cd {DEST} && rm -rf logs .volt-train .volt-sync checkpoints data && cp -a /root/inputs/checkpoints /root/inputs/data . "
-              f"&& mkdir -p logs .volt-sync" + "".join(f" && touch .volt-sync/{j}.ready" for j in ready))
+              f"&& mkdir -p logs .volt-sync" + "".join(f" && touch .volt-sync/{j}.ready" for j in ready) + " && rm -f /etc/nvidia-smi-double.conf")
+    use_build(host, "default")
 
 
 def train(host: TestHost, *, gpu: dict | None = GPU, timeout: float = 300, **extravars):
@@ -185,14 +209,14 @@ def starts(log: str, job: str) -> int:
     return len(re.findall(rf"^volt-job: \S+ start {job} attempt", log, re.M))
 
 
-def epoch_files(host, where: str = "checkpoints") -> list[int]:
+def epoch_files(host, where: str = "checkpoints", job: str = "stage1") -> list[int]:
     out = host.exec(f"ls {DEST}/{where} 2>/dev/null", check=False).stdout.split()
-    return sorted(int(m[1]) for f in out if (m := re.fullmatch(r"scaled_vfn_epoch_(\d+)\.safetensors", f)))
+    return sorted(int(m[1]) for f in out if (m := re.fullmatch(rf"{STEMS[job]}_epoch_(\d+)\.safetensors", f)))
 
 
-def wait_epochs(host, n: int, timeout: float = 60) -> list[int]:
+def wait_epochs(host, n: int, timeout: float = 60, job: str = "stage1") -> list[int]:
     deadline = time.monotonic() + timeout
-    while len(found := epoch_files(host)) < n:
+    while len(found := epoch_files(host, job=job)) < n:
         assert time.monotonic() < deadline, f"never {n} epoch checkpoints: {found}"
         time.sleep(0.2)
     return found
@@ -225,14 +249,15 @@ def test_stage1_starts_the_exact_command_lines_in_tmux_once(fresh):
     assert f"CMD=({PHASE03})" in host.exec(f"cat {DEST}/.volt-train/phase03.sh").stdout.splitlines()
 
     st1, st0 = wait_state(host, "stage1"), wait_state(host, "phase03")
-    assert (st1["state"], st1["exit_code"], st1["batch_size"], st1["attempts"]) == ("done", "0", "32", "1"), st1
+    assert (st1["state"], st1["exit_code"], st1["batch_size"], st1["attempts"], st1["resume"]) == ("done", "0", "32", "1", "no"), st1
     assert (st0["state"], st0["exit_code"]) == ("done", "0"), st0
     log1, log0 = job_log(host, "stage1"), job_log(host, "phase03")
     assert re.search(rf"^volt-job: \S+ exec {re.escape(STAGE1)}$", log1, re.M), log1[:2000]
     assert re.search(rf"^volt-job: \S+ exec {re.escape(PHASE03)}$", log0, re.M), log0[:2000]
-    assert "train-vfn: done -> checkpoints/scaled_vfn_stage1.safetensors" in log1
-    assert "codebook-init: wrote checkpoints/codebook_code.bin" in log0
-    # The finished stage's epoch checkpoints moved out of the next stage's way.
+    assert "Final model saved: checkpoints/scaled_vfn_stage1.safetensors" in log1  # the real binary's lines (stderr)
+    assert "[Epoch 10/10] Train: " in log1 and "Checkpoint saved: checkpoints/scaled_vfn_stage1_epoch_10.safetensors" in log1
+    assert re.search(r"^  Saved to: +checkpoints/codebook_code\.bin$", log0, re.M), log0[-2000:]
+    # The finished stage's epoch checkpoints (named after its output) are archived per job.
     assert epoch_files(host) == [] and epoch_files(host, "checkpoints/epochs/stage1") == list(range(1, 11))
 
     again = train(host, stage=1)
@@ -288,8 +313,8 @@ def test_stage_all_chains_the_stages_and_waits_for_a_late_marker(fresh):
         assert (st["state"], st["exit_code"], st["resumed_from"]) == ("done", "0", ""), st
         log = job_log(host, job)
         assert STAGE_DATA[job] in log and "--epochs 3 " in log
-        assert "resumed" not in log  # stage 2 and 3 did not pick up the previous stage's epoch checkpoints
-        assert epoch_files(host, f"checkpoints/epochs/{job}") == [1, 2, 3]
+        assert "Resumed from" not in log and "trained again" not in log  # no stage picked up another's epoch checkpoints
+        assert epoch_files(host, f"checkpoints/epochs/{job}", job) == [1, 2, 3]
     assert host.exec(f"cd {DEST}/checkpoints && ls scaled_vfn_stage1.safetensors scaled_vfn_stage2.safetensors "
                      "scaled_vfn.safetensors").returncode == 0
     assert "=== ALL 3 STAGES COMPLETE ===" in job_log(host, "phase21")
@@ -297,6 +322,7 @@ def test_stage_all_chains_the_stages_and_waits_for_a_late_marker(fresh):
 
 def test_killing_tmux_mid_stage_resumes_from_the_newest_epoch(fresh):
     host = fresh
+    use_build(host, "resume")
     proc = train(host, stage=1, phase03=False, training_tmux_env=SLOW)
     assert proc.returncode == 0, failure(proc)
     wait_epochs(host, 2)
@@ -308,10 +334,10 @@ def test_killing_tmux_mid_stage_resumes_from_the_newest_epoch(fresh):
     again = train(host, stage=1, phase03=False, training_tmux_env=SLOW)
     assert again.returncode == 0, failure(again)
     st = wait_state(host, "stage1", timeout=60)
-    assert (st["state"], st["resumed_epoch"]) == ("done", str(newest)), st
+    assert (st["state"], st["resumed_epoch"], st["resume"]) == ("done", str(newest), "yes"), st
     log = job_log(host, "stage1")
-    ckpt = f"checkpoints/scaled_vfn_epoch_{newest}.safetensors"
-    assert f"train-vfn: resumed from {ckpt} at epoch {newest}" in log
+    ckpt = f"checkpoints/scaled_vfn_stage1_epoch_{newest}.safetensors"
+    assert f"Resumed from {ckpt} (epoch {newest}, total steps " in log
     assert re.search(rf"^volt-job: \S+ exec {re.escape(STAGE1)} --resume {re.escape(ckpt)}$", log, re.M)
 
     # The resumed run ends byte-identical to an uninterrupted one (the fixture is deterministic).
@@ -320,17 +346,58 @@ def test_killing_tmux_mid_stage_resumes_from_the_newest_epoch(fresh):
     assert sums[0] == sums[2]
 
 
+def test_without_a_resume_option_a_killed_stage_starts_again_from_epoch_1_and_says_so(fresh):
+    host = fresh  # the default build: train-vfn's --help has no --resume, as Volt-X's main
+    proc = train(host, stage=1, phase03=False, training_tmux_env=SLOW)
+    assert proc.returncode == 0, failure(proc)
+    wait_epochs(host, 2)
+    kill_tmux(host)
+    newest = max(epoch_files(host))
+
+    again = train(host, stage=1, phase03=False, training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 300})
+    assert again.returncode == 0, failure(again)
+    st = wait_state(host, "stage1", timeout=60)
+    assert (st["state"], st["resume"], st["restarted_after"], st["resumed_epoch"]) == ("done", "no", str(newest), ""), st
+    log = job_log(host, "stage1")
+    assert (f"start stage1 attempt 1 batch 32 from epoch 1: train-vfn has no --resume in its --help, epochs 1-{newest} are "
+            "trained again") in log
+    assert "--resume" not in re.findall(r"^volt-job: \S+ exec (.*)$", log, re.M)[-1]  # never passed to a binary that refuses it
+    # Starting over loses nothing that counts: the output is byte-identical to an uninterrupted run's.
+    host.exec(f"cd {DEST} && mkdir -p /tmp/ref && {STAGE1.replace('checkpoints/scaled_vfn_stage1', '/tmp/ref/out')} 2>/dev/null")
+    sums = host.exec(f"sha256sum {DEST}/checkpoints/scaled_vfn_stage1.safetensors /tmp/ref/out.safetensors").stdout.split()
+    assert sums[0] == sums[2]
+
+
+def test_a_gpu_job_that_falls_back_to_the_cpu_is_stopped_at_once(fresh, volt_dir):
+    """The GPU double reports none: train-vfn warns and would train on the CPU (exit 0) on a rented GPU."""
+    host = fresh
+    host.exec("printf 'GPU_COUNT=0\\n' > /etc/nvidia-smi-double.conf")
+    t0 = time.monotonic()
+    proc = train(host, stage=1, phase03=False, training_tmux_env=SLOW)  # the GPU passed cuda_check (extravar), then went away
+    st = wait_state(host, "stage1", timeout=30)
+    stopped_in = time.monotonic() - t0
+    warning = 'WARNING: CUDA not available (DriverError(CUDA_ERROR_NO_DEVICE, "no CUDA-capable device is detected")), falling back to CPU'
+    assert st["state"] == "failed" and st["reason"].startswith(f"stopped: {warning} -- the GPU is not usable by train-vfn"), st
+    assert epoch_files(host) == [] and "] Train: " not in job_log(host, "stage1")  # not one CPU epoch
+    assert host.exec("pgrep -x train-vfn", check=False).returncode == 1
+    assert proc.returncode != 0 and "stage1 failed right after its start" in proc.stdout
+    snap = jobs.snapshot(volt_dir, "127.0.0.1", host.port, jobs.layout(REPO), gpu_samples=1)
+    assert any(w.startswith(f"stage1: failed (exit 1: stopped: {warning}") for w in snap.warnings), snap.warnings
+    print(f"\ncpu fallback: train.yml + the stop took {stopped_in:.1f} s")
+
+
 def test_killing_the_chain_in_stage_2_resumes_stage_2_from_its_own_epochs(fresh):
     host = fresh
+    use_build(host, "resume")
     kw = {"phase03": False, "volt_curriculum": curriculum(epochs=4), "training_tmux_env": {"VOLT_FIXTURE_EPOCH_MS": 900}}
     assert (proc := train(host, stage="all", **kw)).returncode == 0, failure(proc)
     wait_state(host, "stage1")
     deadline = time.monotonic() + 60
-    while not (job_status(host, "stage2").get("state") == "running" and len(epoch_files(host)) >= 2):
+    while not (job_status(host, "stage2").get("state") == "running" and len(epoch_files(host, job="stage2")) >= 2):
         assert time.monotonic() < deadline, job_status(host, "stage2")
         time.sleep(0.2)
     kill_tmux(host)
-    newest = max(epoch_files(host))
+    newest = max(epoch_files(host, job="stage2"))
     assert host.exec(f"cat {DEST}/checkpoints/.volt-epochs").stdout.strip() == "stage2"
 
     again = train(host, stage="all", **kw)
@@ -338,9 +405,9 @@ def test_killing_the_chain_in_stage_2_resumes_stage_2_from_its_own_epochs(fresh)
     assert wait_state(host, "phase21", timeout=60)["state"] == "done", job_log(host, "phase21")
     assert starts(job_log(host, "stage1"), "stage1") == 1  # done: not repeated
     assert "stage1 already done (checkpoints/scaled_vfn_stage1.safetensors exists): skipped" in job_log(host, "phase21")
-    assert f"train-vfn: resumed from checkpoints/scaled_vfn_epoch_{newest}.safetensors at epoch {newest}" in job_log(host, "stage2")
-    assert "resumed" not in job_log(host, "stage3")
-    assert epoch_files(host, "checkpoints/epochs/stage2") == [1, 2, 3, 4]
+    assert f"Resumed from checkpoints/scaled_vfn_stage2_epoch_{newest}.safetensors (epoch {newest}," in job_log(host, "stage2")
+    assert "Resumed from" not in job_log(host, "stage3")
+    assert epoch_files(host, "checkpoints/epochs/stage2", "stage2") == [1, 2, 3, 4]
 
 
 def test_bad_requests_fail_before_anything_starts(fresh):
@@ -380,11 +447,11 @@ def test_bad_requests_fail_before_anything_starts(fresh):
 
 def test_epoch_checkpoints_of_another_stage_block_a_stage(fresh):
     host = fresh
-    host.exec(f"cd {DEST}/checkpoints && touch scaled_vfn_stage1.safetensors scaled_vfn_epoch_4.safetensors "
+    host.exec(f"cd {DEST}/checkpoints && touch scaled_vfn_stage1.safetensors scaled_vfn_stage2_epoch_4.safetensors "
               "&& echo stage1 > .volt-epochs")
     proc = train(host, stage=2, phase03=False)
     assert proc.returncode != 0
-    assert ("stage2: checkpoints/scaled_vfn_epoch_*.safetensors (1 files, newest epoch 4) belong to stage1 "
+    assert ("stage2: checkpoints/scaled_vfn_stage2_epoch_*.safetensors (1 files, newest epoch 4) belong to stage1 "
             "(checkpoints/.volt-epochs), not stage2") in proc.stdout
     nothing_started(host)
 
@@ -396,7 +463,8 @@ def test_out_of_memory_at_start_retries_with_smaller_batches(fresh):
     st = wait_state(host, "stage1")
     assert (st["state"], st["batch_size"], st["oom_retries"], st["attempts"]) == ("done", "16", "1", "2"), st
     log = job_log(host, "stage1")
-    assert "ERROR: CUDA out of memory (batch size 32)" in log  # the binary's stderr is in the log
+    # the binary's stderr is in the log
+    assert 'ERROR: training failed: internal error: train_scaled_vfn: DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")' in log
     assert "out of GPU memory with --batch-size 32 (exit 1): retrying with --batch-size 16" in log
     assert re.search(rf"^volt-job: \S+ exec {re.escape(STAGE1.replace('--batch-size 32', '--batch-size 16'))}$", log, re.M)
 
@@ -460,8 +528,12 @@ def test_watching_status_logs_and_plot_over_ssh(fresh, volt_dir, tmp_path):
     assert snap.load is not None and snap.cpus >= 1
     assert any(w.startswith("GPU utilization under 50% (GPU 0 0%) while stage1 runs") for w in snap.warnings), snap.warnings
     lines = jobs.format_snapshot(snap)
-    assert re.match(r"stage1\s+running\s+stage 1/3\s+epoch \d/6\s+step \d+\s+loss [0-9.]+\s+elapsed \d+s\s+ETA \d+s\s+batch 32$",
-                    lines[1]), lines
+    assert re.match(r"stage1\s+running\s+stage 1/3\s+epoch \d/6\s+step \d+/\d+\s+loss [0-9.]+\s+valid [0-9.]+ \(epoch \d\)\s+"
+                    r"elapsed \d+s\s+ETA \d+s\s+batch 32$", lines[1]), lines
+    # the default build cannot resume: status says what losing the instance now would cost
+    assert s1.resumable is False and s1.redo_epochs >= 2
+    assert any(ln.startswith("resume: stage1: train-vfn has no --resume (its --help): if the instance is lost, stage1 restarts "
+                             "from epoch 1 and ") for ln in lines), lines
     assert "GPU 0: 0% utilization, memory 1/32607 MiB" in lines
 
     tail = subprocess.run(jobs.logs_command(volt_dir, "127.0.0.1", host.port, "stage1", lines=3, lay=lay),
@@ -476,7 +548,7 @@ def test_watching_status_logs_and_plot_over_ssh(fresh, volt_dir, tmp_path):
         finally:
             timer.cancel()
             follow.terminate()
-    assert all(got) and any(ln.startswith("epoch ") for ln in got), got
+    assert all(got) and any(ln.startswith("[Epoch ") for ln in got), got
 
     wait_state(host, "stage1")
     host.exec("mv /usr/bin/nvidia-smi /usr/bin/nvidia-smi.off")
@@ -502,6 +574,7 @@ def test_watching_status_logs_and_plot_over_ssh(fresh, volt_dir, tmp_path):
 def test_status_files_parse_and_reflect_an_interrupted_job(fresh, volt_dir):
     """A job killed hard (SIGKILL: no trap runs, as when the instance restarts) reads as interrupted, then resumes."""
     host = fresh
+    use_build(host, "resume")
     lay = jobs.layout(REPO)
     assert train(host, stage=1, phase03=False, training_tmux_env=SLOW).returncode == 0
     wait_epochs(host, 1)
@@ -513,4 +586,4 @@ def test_status_files_parse_and_reflect_an_interrupted_job(fresh, volt_dir):
     assert any(w.startswith("stage1: interrupted (its process is gone") for w in snap.warnings)
     again = train(host, stage=1, phase03=False, training_tmux_env=SLOW)
     assert again.returncode == 0 and report(again)[0].startswith("stage1: started"), failure(again)
-    assert "train-vfn: resumed from checkpoints/scaled_vfn_epoch_" in job_log(host, "stage1")
+    assert "Resumed from checkpoints/scaled_vfn_stage1_epoch_" in job_log(host, "stage1")

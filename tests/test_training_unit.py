@@ -68,9 +68,10 @@ def test_plan_renders_the_guides_command_lines_from_group_vars():
         "logs/phase21_stage1.log", "logs/stage1.status", ".volt-sync/stage1.ready", "/root/volt-x/.volt-train/stage1.sh")
     assert p["phase03"]["log"] == "logs/phase03.log" and p["phase03"]["epoch"] is None and p["phase03"]["batches"] == []
     assert s1["batches"] == [32, 16, 8] and s1["batch_flag"] == "--batch-size" and s1["resume_flag"] == "--resume"
-    assert s1["epoch"] == {"dir": "checkpoints", "prefix": "scaled_vfn_epoch_", "suffix": ".safetensors",
-                           "glob": "checkpoints/scaled_vfn_epoch_*.safetensors", "owner": "checkpoints/.volt-epochs",
+    assert s1["epoch"] == {"dir": "checkpoints", "prefix": "scaled_vfn_stage1_epoch_", "suffix": ".safetensors",
+                           "glob": "checkpoints/scaled_vfn_stage1_epoch_*.safetensors", "owner": "checkpoints/.volt-epochs",
                            "archive": "checkpoints/epochs/stage1"}
+    assert (s1["cpu_fallback"], p["phase03"]["cpu_fallback"]) == ("falling back to CPU", "")
     assert s1["previous"] is None and s2["previous"] == {"name": "stage1", "output": "checkpoints/scaled_vfn_stage1.safetensors"}
     assert s3["previous"]["name"] == "stage2" and s3["output"] == "checkpoints/scaled_vfn.safetensors"
     assert p["chain"]["status"] == "logs/phase21.status" and p["launcher"] == "/root/volt-x/.volt-train/launch.sh"
@@ -169,7 +170,7 @@ def test_decide_lists_every_problem_and_starts_nothing():
         "stage2: .volt-sync/stage2.ready is missing (data_sync has not verified stage2's inputs)",
         "stage2: checkpoints/scaled_vfn_stage1.safetensors (stage1's output) is missing: run stage1 first, or -e stage=all",
         "stage2: no GPU visible (cuda_check_gpu reports none: run the cuda_check role first, as playbooks/train.yml does)",
-        "stage2: checkpoints/scaled_vfn_epoch_*.safetensors (2 files, newest epoch 3) belong to stage1 (checkpoints/.volt-epochs), "
+        "stage2: checkpoints/scaled_vfn_stage2_epoch_*.safetensors (2 files, newest epoch 3) belong to stage1 (checkpoints/.volt-epochs), "
         "not stage2: finish stage1 first or move them away",
     ]
     assert decide(probe(), stage=1, gpu=None)["problems"][0].startswith("stage1: no GPU visible")
@@ -186,39 +187,52 @@ def test_decide_lists_every_problem_and_starts_nothing():
 LOG = """\
 volt-job: 2025-01-01T00:00:00Z start stage1 attempt 1 batch 32
 volt-job: 2025-01-01T00:00:00Z exec target/release/train-vfn --batch-size 32
-train-vfn: start epochs=3 batch_size=32 lr=0.0001 device=cuda data_files=1 samples=2061
-ERROR: CUDA out of memory (batch size 32)
+=== Volt X Scaled VFN Training (Phase 2.1) ===
+Data files: 1
+  - data/code_training_combined.jsonl
+Using device: Cuda(CudaDevice(DeviceId(1)))
+ERROR: training failed: internal error: train_scaled_vfn: DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")
 volt-job: 2025-01-01T00:00:01Z out of GPU memory with --batch-size 32 (exit 1): retrying with --batch-size 16
 volt-job: 2025-01-01T00:00:01Z start stage1 attempt 2 batch 16
-train-vfn: start epochs=3 batch_size=16 lr=0.0001 device=cuda data_files=1 samples=2061
-epoch 1/3 step 50 loss 0.400000
-epoch 1/3 step 100 loss 0.350000
-epoch 1/3 step 116 loss 0.340000
-validation epoch 1 mse 0.3300 cos_sim -0.1000 dir_acc 0.3000
-checkpoint epoch 1 -> checkpoints/scaled_vfn_epoch_1.safetensors
-epoch 2/3 step 150 loss 0.330000
+=== Volt X Scaled VFN Training (Phase 2.1) ===
+[Epoch 1/1] Step 1/58 | Loss: 0.5000 | LR: 5.00e-8 | 128 slots
+[Epoch 1/1] Step 50/58 | Loss: 0.4000 | LR: 2.50e-6 | 128 slots
+[Epoch 1/1] Complete | Train Loss: 0.3400 | Valid Loss: 0.3300
+[Epoch 1/3] Train: 0.3400 | Valid: 0.3300 | Time: 200.0s | Total steps: 58
+Checkpoint saved: checkpoints/scaled_vfn_stage1_epoch_1.safetensors
+[Epoch 1/1] Step 1/58 | Loss: 0.3300 | LR: 2.95e-6 | 128 slots
 volt-job: 2025-01-01T00:10:00Z failed stage1 (exit 129: hangup (tmux server or window killed))
-volt-job: 2025-01-01T00:11:00Z start stage1 attempt 1 batch 16 resume from checkpoints/scaled_vfn_epoch_1.safetensors (epoch 1)
-train-vfn: start epochs=3 batch_size=16 lr=0.0001 device=cuda data_files=1 samples=2061
-train-vfn: resumed from checkpoints/scaled_vfn_epoch_1.safetensors at epoch 1
-epoch 2/3 step 150 loss 0.320000
-epoch 2/3 step 200 loss 0.310000
+volt-job: 2025-01-01T00:11:00Z start stage1 attempt 1 batch 16 resume from checkpoints/scaled_vfn_stage1_epoch_1.safetensors (epoch 1)
+=== Volt X Scaled VFN Training (Phase 2.1) ===
+Resumed from checkpoints/scaled_vfn_stage1_epoch_1.safetensors (epoch 1, total steps 58); continuing at epoch 2/3
+[Epoch 1/1] Step 1/58 | Loss: 0.3200 | LR: 2.95e-6 | 128 slots
+[Epoch 1/1] Step 50/58 | Loss: 0.3100 | LR: 5.45e-6 | 128 slots
 """
+PATTERNS = jobs.layout(REPO).job("stage1").patterns
+OOM, CPU = GV["volt_curriculum"]["oom_pattern"], GV["volt_curriculum"]["cpu_fallback_pattern"]
 
 
 def test_parse_log_follows_restarts():
-    p = jobs.parse_log(LOG)
-    assert (p.epoch, p.epochs, p.step, p.loss) == (2, 3, 200, 0.31)
-    assert (p.last_checkpoint, p.resumed_from, p.resumed_epoch) == (1, "checkpoints/scaled_vfn_epoch_1.safetensors", 1)
-    assert p.validation == {"epoch": 1, "mse": 0.33, "cos_sim": -0.1, "dir_acc": 0.3}
+    p = jobs.parse_log(LOG, PATTERNS, OOM, CPU)
+    # the inner lines always say [Epoch 1/1]: the epoch is the run's finished epochs (summaries, or the resume point) + 1
+    assert (p.epoch, p.epochs, p.step, p.steps, p.loss) == (2, 3, 50, 58, 0.31)
+    assert (p.last_checkpoint, p.resumed_from, p.resumed_epoch) == (
+        "checkpoints/scaled_vfn_stage1_epoch_1.safetensors", "checkpoints/scaled_vfn_stage1_epoch_1.safetensors", 1)
+    assert p.validation == {} and p.epoch_seconds == [] and p.cpu_fallback is None  # the current run has no summary yet
     assert (p.attempts, p.batch_size, p.oom) == (3, 16, 1)
-    assert p.errors == ["ERROR: CUDA out of memory (batch size 32)"]
-    # step 150 was logged before the kill and again after the resume: the later value counts
-    assert jobs.loss_series(LOG) == [(50, 0.4), (100, 0.35), (116, 0.34), (150, 0.32), (200, 0.31)]
-    assert jobs.validation_series(LOG) == [(1, 116, 0.33)]
-    cb = jobs.parse_log("codebook-init: encoded 4/38 files\ncodebook-init: kmeans iter 3/10 inertia 148.0343\n")
-    assert cb.activity == "kmeans iter 3/10 inertia 148.0343" and cb.epoch is None
+    assert p.errors == ['ERROR: training failed: internal error: train_scaled_vfn: DriverError(CUDA_ERROR_OUT_OF_MEMORY, "out of memory")']
+    second = jobs.parse_log(LOG[:LOG.index("[Epoch 1/1] Step 1/58 | Loss: 0.3300")], PATTERNS)
+    assert (second.epoch, second.epochs_done, second.validation, second.epoch_seconds) == (1, 1, {"epoch": 1, "train": 0.34, "valid": 0.33}, [200.0])
+    # global steps: epoch 2 of the killed run started at 59; the resumed run logs it again: the later value counts
+    assert jobs.loss_series(LOG, PATTERNS) == [(1, 0.5), (50, 0.4), (59, 0.32), (108, 0.31)]
+    assert jobs.validation_series(LOG, PATTERNS) == [(1, 58, 0.33)]
+    cb_pat = jobs.layout(REPO).job("phase03").patterns
+    cb = jobs.parse_log("=== Volt X Codebook Initialization ===\n  Corpus: data/x.jsonl\n=== Codebook Initialization Complete ===\n", cb_pat)
+    assert cb.activity == "=== Codebook Initialization Complete ===" and cb.epoch is None
     assert jobs.parse_log("") == jobs.LogProgress()
+    assert jobs.parse_log(LOG) == jobs.LogProgress(attempts=3, batch_size=16)  # no patterns: nothing read
+    cpu = jobs.parse_log("WARNING: CUDA not available (no CUDA device), falling back to CPU\nUsing device: Cpu\n", PATTERNS, OOM, CPU)
+    assert cpu.cpu_fallback == "WARNING: CUDA not available (no CUDA device), falling back to CPU"
 
 
 def test_status_file_parsing():
@@ -255,7 +269,7 @@ M = jobs.MARK
 
 
 def snap_text(now=10_000, stage1_status="", stage1_alive=1, stage1_log="", log_mtime=9_990, chain="", gpu=("30, 1000, 32607",),
-              epochs=(), owner="", outputs=()):
+              epochs=(), outputs=(), help_text=None):
     parts = [f"{M} now {now}"]
     for j in [*LAY.jobs, LAY.chain]:
         status = stage1_status if j.name == "stage1" else chain if j.name == "phase21" else ""
@@ -264,7 +278,12 @@ def snap_text(now=10_000, stage1_status="", stage1_alive=1, stage1_log="", log_m
             parts += [f"{M} logmeta {j.name} 100 {log_mtime}", f"{M} log {j.name}", stage1_log]
         if j.name in outputs:
             parts.append(f"{M} output {j.name} 1")
-    parts += [f"{M} owner {owner}", f"{M} epochs", *[f"{t} checkpoints/scaled_vfn_epoch_{e}.safetensors" for e, t in epochs]]
+        if j.name == "stage1":
+            parts += [f"{M} epochs stage1", *[f"{t} checkpoints/scaled_vfn_stage1_epoch_{e}.safetensors" for e, t in epochs]]
+            # stage 3's files (another job's names) are never counted as stage 1's
+            parts += [f"{M} epochs stage3", "9999 checkpoints/scaled_vfn_epoch_9.safetensors"]
+        if j.name == "stage1" and help_text is not None:
+            parts += [f"{M} help stage1", help_text]
     for g in gpu:
         parts += [f"{M} gpu", g]
     parts += [f"{M} load 1.50 1.00 0.50 2/300 999", f"{M} nproc 192", f"{M} end"]
@@ -275,32 +294,71 @@ RUNNING = "state=running\npid=7\nstarted=1970-01-01T02:30:00Z\nattempt_started=1
 
 
 def test_snapshot_of_a_running_stage_with_eta_and_a_gpu_warning():
-    text = snap_text(stage1_status=RUNNING, stage1_log=LOG, epochs=[(1, 9_100), (2, 9_400)], owner="stage1", outputs=("phase03",))
+    text = snap_text(stage1_status=RUNNING, stage1_log=LOG, epochs=[(1, 9_100), (2, 9_400)], outputs=("phase03",))
     s = jobs.parse_snapshot(text, LAY)
     s1 = s.job("stage1")
-    assert (s1.state, s1.epoch, s1.epochs, s1.progress.step, s1.elapsed_s) == ("running", 2, 3, 200, 1000.0)
+    assert (s1.state, s1.epoch, s1.epochs, s1.progress.step, s1.elapsed_s) == ("running", 2, 3, 50, 1000.0)
     assert s1.eta_s == 0.0  # 200 s per epoch, the last one started 600 s ago: overdue, never negative
     assert s.job("phase03").state == "done" and s.job("stage2").state == "pending"
     assert s.gpus[0].util_pct == 30.0 and s.load == (1.5, 1.0, 0.5) and s.cpus == 192
     assert s.warnings == ["GPU utilization under 50% (GPU 0 30%) while stage1 runs: data loading may be the bottleneck, "
                           "or the batch size too small (guide, Step 7)"]
     lines = jobs.format_snapshot(s)
-    assert lines[1].split() == ["stage1", "running", "stage", "1/3", "epoch", "2/3", "step", "200", "loss", "0.31", "elapsed",
+    assert lines[1].split() == ["stage1", "running", "stage", "1/3", "epoch", "2/3", "step", "50/58", "loss", "0.31", "elapsed",
                                 "16m40s", "ETA", "0s", "batch", "32"]
+    assert s.notes == [] and s1.resumable is None  # nothing says yet whether train-vfn can resume
     assert "GPU 0: 30% utilization, memory 1000/32607 MiB" in lines and "CPU load 1.50 1.00 0.50 on 192 cores" in lines
     assert lines[-1].startswith("warning: GPU utilization under 50%")
 
 
 def test_snapshot_eta_midway():
     s = jobs.parse_snapshot(snap_text(now=9_500, stage1_status=RUNNING.replace("02:30:00", "02:28:20"), stage1_log=LOG,
-                                      log_mtime=9_499, epochs=[(1, 9_100), (2, 9_400)], owner="stage1"), LAY)
+                                      log_mtime=9_499, epochs=[(1, 9_100), (2, 9_400)]), LAY)
     # since 8900: epoch 1 took 200 s, epoch 2 300 s -> 250 s/epoch; 1 epoch left, 100 s of it gone
     assert s.job("stage1").eta_s == pytest.approx(150.0)
+    # the binary's own epoch times, when the run has logged them, win over file times: 2 x 120 s, 1 left, 100 s gone
+    timed = LOG + "[Epoch 2/3] Train: 0.3 | Valid: 0.3 | Time: 120.0s | Total steps: 116\n"
+    s = jobs.parse_snapshot(snap_text(now=9_500, stage1_status=RUNNING.replace("02:30:00", "02:28:20"), stage1_log=timed,
+                                      log_mtime=9_499, epochs=[(1, 9_100), (2, 9_400)]), LAY)
+    assert s.job("stage1").eta_s == pytest.approx(20.0) and s.job("stage1").progress.epoch_seconds == [120.0]
+
+
+HELP_NO_RESUME = """Usage: train-vfn [OPTIONS]
+  --data PATH          Training data (repeatable)
+  --output PATH        Output checkpoint
+  --device DEVICE      cpu | cuda"""
+
+
+def test_snapshot_says_what_a_stage_that_cannot_resume_would_cost():
+    timed = LOG + "[Epoch 2/3] Train: 0.3 | Valid: 0.3 | Time: 1800.0s | Total steps: 116\n"
+    s = jobs.parse_snapshot(snap_text(stage1_status=RUNNING, stage1_log=timed, help_text=HELP_NO_RESUME), LAY)
+    s1 = s.job("stage1")
+    assert (s1.resumable, s1.redo_epochs, s1.redo_s) == (False, 2, 3600.0) and s.resume() == {"stage1": False}
+    assert s.notes == ["stage1: train-vfn has no --resume (its --help): if the instance is lost, stage1 restarts from epoch 1 and "
+                       "2 finished epoch(s), ~1.00 GPU-hours are trained again"]
+    assert "resume: " + s.notes[0] in jobs.format_snapshot(s)
+    yes = jobs.parse_snapshot(snap_text(stage1_status=RUNNING, stage1_log=LOG, help_text=HELP_NO_RESUME + "\n  [--resume PATH]"), LAY)
+    assert yes.job("stage1").resumable is True and yes.notes == []
+    # what the job's own launch found wins over the help text (it ran that very binary)
+    ran = jobs.parse_snapshot(snap_text(stage1_status=RUNNING + "resume=no\nrestarted_after=3\n", stage1_log=LOG,
+                                        help_text="--resume"), LAY)
+    assert ran.job("stage1").resumable is False and "restarted from epoch 1 (3 epoch(s) trained again)" in jobs.format_snapshot(ran)[1]
+    assert jobs.help_lists("[--resume PATH]", "--resume") and jobs.help_lists("--resume=PATH", "--resume")
+    assert not jobs.help_lists("--resume-from PATH", "--resume") and not jobs.help_lists("--no-resume", "--resume")
+
+
+def test_a_gpu_stage_on_the_cpu_is_reported():
+    log = LOG + "WARNING: CUDA not available (no CUDA device found), falling back to CPU\nUsing device: Cpu\n"
+    s = jobs.parse_snapshot(snap_text(stage1_status=RUNNING, stage1_log=log), LAY)
+    assert "stage1: training on the CPU on a GPU instance: WARNING: CUDA not available (no CUDA device found), falling back to CPU" in s.warnings
 
 
 def test_snapshot_warns_about_stalls_interruptions_failures_and_shows_na():
     stalled = jobs.parse_snapshot(snap_text(stage1_status=RUNNING, stage1_log=LOG, log_mtime=10_000 - 3600, gpu=("99, 1, 2",)), LAY)
-    assert stalled.warnings == ["stage1: its log has not moved for 1h00m (more than 15m00s): is it stuck?"]
+    assert stalled.warnings == ["stage1: stalled: its log has not moved for 1h00m (volt_watch.stall_min = 15 min): "
+                                "look at `volt-ansible logs stage1`"]
+    assert stalled.job("stage1").stalled and jobs.format_snapshot(stalled)[1].split()[:2] == ["stage1", "stalled"]
+    assert not jobs.parse_snapshot(snap_text(stage1_status=RUNNING, stage1_log=LOG, log_mtime=10_000 - 3600), LAY, stall_s=7200).job("stage1").stalled
     gone = jobs.parse_snapshot(snap_text(stage1_status=RUNNING, stage1_alive=0, gpu=()), LAY)
     assert gone.job("stage1").state == "interrupted" and gone.gpus is None
     assert gone.warnings[0].startswith("stage1: interrupted (its process is gone")
@@ -349,7 +407,7 @@ def test_logs_command_is_the_campaign_ssh(tmp_path):
 
 
 def test_plot_writes_a_png_with_one_panel_per_stage(tmp_path):
-    out = plot.write_png({"stage1": LOG, "stage2": LOG.replace("loss 0.3", "loss 0.2"), "phase03": "codebook-init: x"},
+    out = plot.write_png({"stage1": LOG, "stage2": LOG.replace("Loss: 0.3", "Loss: 0.2"), "phase03": "codebook-init: x"},
                          tmp_path / "sub" / "loss.png", LAY)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -357,7 +415,7 @@ def test_plot_writes_a_png_with_one_panel_per_stage(tmp_path):
     assert (width, height) == (1000, 640)  # 10 x 3.2 in per panel, 2 panels, 100 dpi
     pixels = matplotlib.image.imread(str(out))
     assert float(pixels.std()) > 0.01
-    with pytest.raises(VoltError, match="no loss lines in the training logs yet"):
+    with pytest.raises(VoltError, match="no progress lines in the training logs yet"):
         plot.write_png({"stage1": "train-vfn: start"}, tmp_path / "none.png", LAY)
     assert not (tmp_path / "none.png").exists()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from volt_ansible import logformat
 from volt_ansible.errors import VoltError
 
 EPOCH_TOKEN = "{epoch}"
@@ -138,12 +139,23 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict, check_names: b
     template = kind.get("epoch_checkpoint")
     if template:
         template = one_line(template, f"{where}: epoch_checkpoint")
-        _require(EPOCH_TOKEN in template, f"{where}: epoch_checkpoint must contain {EPOCH_TOKEN}, got {template!r}")
+        _require(template.count(EPOCH_TOKEN) == 1, f"{where}: epoch_checkpoint must contain {EPOCH_TOKEN} once, got {template!r}")
+        stem = posixpath.splitext(posixpath.basename(output))[0]
         prefix, _, suffix = template.partition(EPOCH_TOKEN)
+        try:
+            prefix, suffix = prefix.format(stem=stem), suffix.format(stem=stem)
+        except (KeyError, IndexError, ValueError) as e:
+            raise CurriculumError(f"{where}: epoch_checkpoint {template!r} may use only {{stem}} and {EPOCH_TOKEN} ({e})") from None
+        _require("/" not in prefix + suffix, f"{where}: epoch_checkpoint is a file name (written next to the output), got {template!r}")
         edir = posixpath.dirname(output) or "."
         epoch = {"dir": edir, "prefix": prefix, "suffix": suffix, "glob": posixpath.join(edir, prefix + "*" + suffix),
                  "owner": posixpath.join(edir, s["epoch_owner_file"]), "archive": posixpath.join(edir, s["epoch_archive"], name)}
     gpu = bool(kind.get("gpu", False))
+    try:
+        logformat.compile_patterns(kind.get("log_patterns"), where.split(".")[0])  # the table they belong to
+    except VoltError as e:
+        raise CurriculumError(str(e)) from None
+    resume_flag = kind.get("resume_flag", "--resume")
     return {
         "name": name,
         "title": one_line(defn.get("title", name), f"{where}.title"),
@@ -163,7 +175,9 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict, check_names: b
         "batch_flag": batch_flag if batches else None,
         "batches": batches,
         "oom_pattern": one_line(kind.get("oom_pattern", ""), f"{where}: oom_pattern") if batches else "",
-        "resume_flag": one_line(kind.get("resume_flag", "--resume"), f"{where}: resume_flag") if epoch else None,
+        "resume_flag": one_line(resume_flag, f"{where}: resume_flag") if epoch and resume_flag else None,
+        "cpu_fallback": one_line(kind.get("cpu_fallback_pattern") or "", f"{where}: cpu_fallback_pattern") if gpu else "",
+        "log_patterns": dict(kind.get("log_patterns") or {}),
         "epoch": epoch,
         "previous": None,
         "stage": None,
@@ -173,9 +187,10 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict, check_names: b
 def resolve(phase03: dict | None, curriculum: dict | None, settings: dict, check_names: bool = True) -> list[dict]:
     """Every job in order (Phase 0.3, then the stages), fully resolved; paths relative to settings['dest'] except
     script_path. A job: name, title, kind (cpu|gpu), gpu, bin, args (its merged flag table), argv, command, inputs,
-    output, log, status, script, script_path, ready, batch_flag, batches, oom_pattern, resume_flag,
-    epoch ({dir, prefix, suffix, glob, owner, archive} or None), previous ({name, output} of the stage before),
-    stage (1-based curriculum index; None for Phase 0.3). phase03/curriculum None: that part is absent.
+    output, log, status, script, script_path, ready, batch_flag, batches, oom_pattern, resume_flag (None: never
+    resumes), cpu_fallback (fixed text that stops a GPU job; "" for none), log_patterns (the raw regexes),
+    epoch ({dir, prefix, suffix, glob, owner, archive} or None), previous ({name, output} of the stage before), stage
+    (1-based curriculum index; None for Phase 0.3). phase03/curriculum None: that part is absent.
 
     check_names=False accepts any one-line job name (readers of what is on the instance); the role's launch checks them."""
     s = _settings(settings, check_names)

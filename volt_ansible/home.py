@@ -23,8 +23,8 @@ home.json:
 A digest names its algorithm, and a file is verified with the one its entry names: new entries are
 "sha256t:" (volt_ansible.fileops.file_digest); entries of older manifests keep their plain "sha256:".
 
-Epoch checkpoints are kept per job, `checkpoints/epochs/<job>/scaled_vfn_epoch_<N>.safetensors` (the
-layout training_tmux archives them in on the instance), because every stage writes the same names.
+Epoch checkpoints are kept per job, `checkpoints/epochs/<job>/<output stem>_epoch_<N>.safetensors` (the
+layout training_tmux archives them in on the instance): names that several stages share stay apart per job.
 """
 
 from __future__ import annotations

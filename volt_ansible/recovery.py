@@ -32,21 +32,36 @@ class Restore:
     owner: str = ""  # the stage whose newest epoch checkpoint is restored
     resume_epoch: int | None = None
     epoch_dest: str = ""  # where the restored epoch checkpoint goes (training_tmux's live epoch name)
+    restart: str = ""  # the stage that restarts from epoch 1 (its binary cannot resume), and what that costs
 
     def stages(self, lay: Layout) -> list[str]:
         return [j.name for j in lay.stages if j.name in self.pending]
 
     def describe(self) -> str:
         done = [f["dest"] for f in self.files if f["dest"] != self.epoch_dest]
-        resume = f"{self.owner} resumes from epoch {self.resume_epoch}" if self.owner else "no epoch checkpoint to resume from"
+        resume = f"{self.owner} resumes from epoch {self.resume_epoch}" if self.owner else (self.restart or "no epoch checkpoint to resume from")
         return f"to run: {', '.join(self.pending) or 'nothing'}; {resume}; outputs pushed back: {', '.join(done) or 'none'}"
 
 
-def plan(lay: Layout, local_dir: Path) -> Restore:
+def restart_cost(stage: str, binary: str, flag: str, epochs: int, epoch_s: float | None, dph: float | None) -> str:
+    """One line: a stage that cannot resume restarts from epoch 1, and the work done before that is trained again."""
+    cost = f"{epochs} finished epoch(s)"
+    if epoch_s:
+        hours = epochs * epoch_s / 3600
+        cost += f", ~{hours:.2f} GPU-hours" + (f" (~${hours * dph:.2f})" if dph else "")
+    return f"{stage} restarts from epoch 1 ({binary} has no {flag} in its --help): {cost} trained again"
+
+
+def plan(lay: Layout, local_dir: Path, resume: dict[str, bool] | None = None, epoch_s: dict[str, float] | None = None,
+         dph: float | None = None) -> Restore:
     """From home.json: every finished job's output goes back (a chained stage is skipped only when its output
     exists), the first unfinished stage resumes from its newest verified epoch checkpoint, put where that stage's
     epoch checkpoints live (the layout's jobs: volt_ansible.curriculum). Digests go as home.json records them
-    (their algorithm named), so the instance verifies each with the same algorithm."""
+    (their algorithm named), so the instance verifies each with the same algorithm.
+
+    resume: {job: its binary can resume} as recorded from the binaries' --help. A stage known not to resume gets no
+    epoch checkpoint (it would be bytes sent for nothing): it restarts from epoch 1, and `restart` says what that
+    costs (epoch_s: its epoch time seen, dph: the price). Not known: the checkpoint goes, the job decides at launch."""
     local_dir = Path(local_dir).absolute()
     files = home.load(local_dir)["files"]
     out = Restore()
@@ -59,10 +74,14 @@ def plan(lay: Layout, local_dir: Path) -> Restore:
     stages = out.stages(lay)
     if stages:
         newest = home.newest_epoch_checkpoint(local_dir, job=stages[0], verify=True)
-        if newest:
+        job = lay.job(stages[0])
+        if newest and job.epoch and (resume or {}).get(job.name) is False:
+            out.restart = restart_cost(job.name, posixpath.basename(job.bin), job.resume_flag or "resume option", newest[0],
+                                       (epoch_s or {}).get(job.name), dph)
+        elif newest and job.epoch:
             epoch, path = newest
             rel = str(path.relative_to(local_dir))
-            e = lay.job(stages[0]).epoch or {"dir": lay.epoch_dir, "prefix": lay.epoch_prefix, "suffix": lay.epoch_suffix}
+            e = job.epoch
             out.epoch_dest = posixpath.join(e["dir"], f"{e['prefix']}{epoch}{e['suffix']}")
             out.files.append({"path": rel, "dest": out.epoch_dest, "digest": files[rel]["digest"]})
             out.owner, out.resume_epoch = stages[0], epoch

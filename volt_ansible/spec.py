@@ -55,6 +55,7 @@ class ProvisionSpec(_Strict):
 class WatchSpec(_Strict):
     backup_interval_min: float = Field(default=30, gt=0)
     poll_s: float = Field(default=60, gt=0)
+    stall_min: float = Field(default=15, gt=0)
     ssh_dead_s: float = Field(default=600, gt=0)
     auto_recover: bool = True
     auto_finish: bool = True

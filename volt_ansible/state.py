@@ -97,6 +97,10 @@ class State(BaseModel):
     home: Home | None = None
     recovery: Recovery | None = None
     stopped: str = ""  # why the campaign was stopped (budget), empty while it runs
+    # What the built binaries accept, as their --help says (recorded by status/watch): {job: can resume}. A stage
+    # whose binary cannot resume restarts from epoch 1 after a preemption; recovery sends it no epoch checkpoint.
+    resume: dict[str, bool] = {}
+    epoch_s: dict[str, float] = {}  # {job: mean epoch time seen}: what a restart of that stage costs per epoch
 
     def open_entry(self, instance_id: int) -> LedgerEntry | None:
         for e in self.ledger:

@@ -35,8 +35,9 @@ def instance_files(inst: Instance) -> dict[str, tuple[int, int]]:
     q = shlex.quote
     files = [j.output for j in lay.jobs if j.output] + [j.log for j in [*lay.jobs, lay.chain]]
     globs = []
-    for d in sorted({posixpath.dirname(j.output) or "." for j in lay.stages if j.output}):
-        globs += [f"{q(d)}/{q(lay.epoch_prefix)}*{q(lay.epoch_suffix)}", f"{q(d)}/{q(archive)}/*/{q(lay.epoch_prefix)}*{q(lay.epoch_suffix)}"]
+    for e in [j.epoch for j in lay.jobs if j.epoch]:
+        names = f"{q(e['prefix'])}*{q(e['suffix'])}"
+        globs += [f"{q(e['dir'])}/{names}", f"{q(e['dir'])}/{q(archive)}/*/{names}"]
     script = "\n".join([
         f"M={q(jobs.MARK)}",
         f'cd {q(lay.dest)} 2>/dev/null || {{ echo "$M end"; exit 0; }}',  # no repository: nothing was ever written

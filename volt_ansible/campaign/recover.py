@@ -78,10 +78,10 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
                 raise VoltError(f"instance {inst.id} is running and answers SSH: nothing to recover (`volt-ansible status` shows its jobs; "
                                 "`recover --force` replaces it anyway)")
             reason = "replaced on request (--force)"
-        plan = recovery.plan(lay, local)
+        plan = recovery.plan(lay, local, state.resume, state.epoch_s, inst.dph_total)
         if not plan.pending:
             raise VoltError(f"every output is home in {local}: nothing to resume; `volt-ansible finish` destroys instance {inst.id}")
-        if not plan.files and not from_scratch:
+        if not plan.files and not plan.restart and not from_scratch:  # (a stage that cannot resume starts over anyway)
             raise VoltError(f"instance {inst.id} is lost ({reason}) and {local} holds no backup of this campaign (no output, no epoch "
                             "checkpoint): a replacement would train from zero; run `volt-ansible recover --from-scratch` to accept that")
         progress(f"instance {inst.id} lost: {reason}")
@@ -109,7 +109,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
             raise VoltError(f"{e}{kept}; {again}") from None
     elif not state.instance.ready:  # an earlier recover was interrupted while renting
         resume(spec, state, progress)
-    plan = recovery.plan(lay, local)
+    plan = recovery.plan(lay, local, state.resume, state.epoch_s, state.instance.dph_total if state.instance else None)
     progress(plan.describe())
     run_ok("prepare", {}, progress, again)
     items = recovery.data_items(spec_mod.read().get("volt_data") or {}, plan.pending)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from volt_ansible import datasync, jobs, ledger, rent, ssh
 from volt_ansible import plot as plot_mod
+from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.campaign.context import instance_endpoint, open_backend, project_root, reconciled
 from volt_ansible.errors import VoltError
@@ -41,8 +42,17 @@ def ssh_command(extra: list[str]) -> list[str]:
 
 
 def job_snapshot() -> jobs.Snapshot:
+    """The jobs over one SSH round trip; what their binaries accept (resume) and their epoch times are recorded in the
+    state, for a recovery that can no longer ask the lost instance."""
     host, port = instance_endpoint()
-    return jobs.snapshot(state_mod.volt_dir(), host, port, jobs.layout(project_root()))
+    snap = jobs.snapshot(state_mod.volt_dir(), host, port, jobs.layout(project_root()), stall_s=spec_mod.load().watch.stall_min * 60)
+    resume = snap.resume()
+    epoch_s = {j.name: sum(t) / len(t) for j in snap.jobs if (t := j.progress.epoch_seconds)}
+    state = state_mod.load()
+    if {**state.resume, **resume} != state.resume or {**state.epoch_s, **epoch_s} != state.epoch_s:
+        state.resume, state.epoch_s = {**state.resume, **resume}, {**state.epoch_s, **epoch_s}
+        state_mod.save(state)
+    return snap
 
 
 def job_lines(snap: jobs.Snapshot | None = None) -> list[str]:

@@ -28,6 +28,7 @@ class UpPlan:
     data: object  # datasync.Report of the jobs to run
     first_bytes: int  # what the first GPU job needs
     estimate_s: float
+    resume: str = ""  # what a lost instance costs the stages: resume from the newest epoch, or restart them
 
     def lines(self) -> list[str]:
         if self.instance is not None:
@@ -37,7 +38,28 @@ class UpPlan:
             head = (f"rent offer {o.get('id')}: {o.get('num_gpus')}x {o.get('gpu_name')}, {o.get('cpu_cores')} cores, "
                     f"${self.dph:.3f}/h = ${self.dph * 24:.2f}/day")
         return [head, f"data: {human(self.data.total_bytes)} to check and send if missing ({human(self.first_bytes)} before the first GPU job)",
-                f"estimated time to GPU busy: ~{self.estimate_s / 60:.1f} min (the build and the first job's data in parallel)"]
+                f"estimated time to GPU busy: ~{self.estimate_s / 60:.1f} min (the build and the first job's data in parallel)",
+                *([self.resume] if self.resume else [])]
+
+
+def resume_line(stages: list[jobs.JobDef], known: dict[str, bool], epoch_s: dict[str, float], interruptible: bool) -> str:
+    """One line for the plan: can the stages resume after a preemption (their binary's --help, recorded once read)?"""
+    stages = [j for j in stages if j.epoch]
+    if not stages:
+        return ""
+    binary, flag = stages[0].bin.rsplit("/", 1)[-1], stages[0].resume_flag or "resume option"
+    if all(known.get(s.name) for s in stages):
+        return f"resume: {binary} takes {flag}: a lost instance costs at most the epoch in progress"
+    cost = f"up to {max(s.epochs or 0 for s in stages)} epochs"
+    timed = [(s.epochs or 0) * epoch_s[s.name] / 3600 for s in stages if s.name in epoch_s]
+    if timed:
+        cost += f" (~{max(timed):.1f} GPU-hours)"
+    why = (f"{binary} has no {flag} (its --help)" if any(known.get(s.name) is False for s in stages)
+           else f"{binary}'s --help is read after the build (Volt-X's train-vfn at main has no {flag})")
+    line = f"resume: {why}: without it a lost instance restarts its stage from epoch 1, {cost} trained again"
+    if interruptible:
+        line += "; pricing interruptible: expect that repeated work after every preemption"
+    return line
 
 
 def _selected_jobs(stage: str, phase03: bool) -> tuple[list[str], str]:
@@ -73,7 +95,10 @@ def up_plan(backend: str, stage: str, phase03: bool, progress: Progress = quiet)
     mbps = float((offer or {}).get("inet_down") or 100.0)
     build_s = spec.provision.build_estimate_min * 60
     estimate = max(build_s, first_bytes * 8 / (mbps * 1e6)) + 60  # + renting, bootstrap, toolchain
-    return UpPlan(state.instance, offer, dph, report, first_bytes, estimate)
+    lay = jobs.layout(project_root())
+    chosen_stages = [j for j in lay.stages if j.name in names]
+    resume = resume_line(chosen_stages, state.resume, state.epoch_s, spec.instance.pricing == "interruptible")
+    return UpPlan(state.instance, offer, dph, report, first_bytes, estimate, resume)
 
 
 def up(backend: str, stage: str, phase03: bool, progress: Progress = quiet, on_task=None):

@@ -133,26 +133,29 @@ def scan(p, now):
         if src not in found:
             found[src] = {"src": src, "dest": posixpath.normpath(dest), "kind": kind, "job": job, "epoch": epoch}
 
-    epoch_dirs = {}  # (dir, prefix, suffix) -> (owner file, archive dir): stages share one dir and one set of names
+    epoch_dirs = {}  # (dir, prefix, suffix) -> (owner file, archive dir, [jobs writing these names])
     for job in p["jobs"]:
         e = job.get("epoch")
         if e:
             key = (posixpath.normpath(e["dir"]), e["prefix"], e["suffix"])
-            epoch_dirs.setdefault(key, (posixpath.normpath(e["owner"]), posixpath.normpath(e["archive_dir"])))
-    for (d, prefix, suffix), (owner_file, archive_dir) in sorted(epoch_dirs.items()):
-        owner = ""
-        try:
-            with open(os.path.join(root, owner_file), encoding="utf-8", errors="replace") as f:
-                owner = f.read().strip()
-        except OSError:
-            pass
+            epoch_dirs.setdefault(key, (posixpath.normpath(e["owner"]), posixpath.normpath(e["archive_dir"]), []))[2].append(str(job["name"]))
+    for (d, prefix, suffix), (owner_file, archive_dir, writers) in sorted(epoch_dirs.items()):
+        # Names of one job are that job's (train-vfn names them after each stage's output); names several jobs share are
+        # the owner file's job's.
+        owner = writers[0] if len(writers) == 1 else ""
+        if not owner:
+            try:
+                with open(os.path.join(root, owner_file), encoding="utf-8", errors="replace") as f:
+                    owner = f.read().strip()
+            except OSError:
+                pass
         owner = owner if re.fullmatch(r"[A-Za-z0-9_-]+", owner or "") else ""
         for path in glob.glob(os.path.join(glob.escape(os.path.join(root, d)), glob.escape(prefix) + "*" + glob.escape(suffix))):
             name = os.path.basename(path)
             n = epoch_number(name, prefix, suffix)
             if n is not None:
                 rel = posixpath.join(d, name)
-                # every stage writes the same names: home keeps them per job, as the instance archives them
+                # home keeps them per job, as the instance archives them
                 add(rel, posixpath.join(archive_dir, owner, name) if owner else rel, "epoch", owner or None, n)
         pattern = os.path.join(glob.escape(os.path.join(root, archive_dir)), "*", glob.escape(prefix) + "*" + glob.escape(suffix))
         for path in glob.glob(pattern):

@@ -27,7 +27,7 @@ except ImportError:  # imported outside Ansible (unit tests)
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a shell accepts after `export` (fullmatch)
 # The keys of a job in the plan (volt_ansible.curriculum resolves more: kind, args, stage).
 PLAN_KEYS = ("name", "title", "gpu", "bin", "argv", "command", "inputs", "output", "log", "status", "script", "script_path", "ready",
-             "batch_flag", "batches", "oom_pattern", "resume_flag", "epoch", "previous")
+             "batch_flag", "batches", "oom_pattern", "cpu_fallback", "resume_flag", "epoch", "previous")
 
 
 def training_tmux_argv(args, where: str = "args") -> list[str]:

@@ -8,11 +8,11 @@ import time
 root = sys.argv[1]
 now = time.time()
 files = {  # path: (size, age in seconds); the scenario runs with backup_stable_s: 3600
-    "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": (300_000, 9000),  # stage 1, archived when it finished
-    "checkpoints/epochs/stage1/scaled_vfn_epoch_2.safetensors": (300_000, 8000),
+    "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors": (300_000, 9000),  # stage 1, archived when it finished
+    "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_2.safetensors": (300_000, 8000),
     "checkpoints/scaled_vfn_stage1.safetensors": (300_000, 7900),  # stage 1's output
-    "checkpoints/scaled_vfn_epoch_1.safetensors": (300_000, 4000),  # stage 2, live
-    "checkpoints/scaled_vfn_epoch_2.safetensors": (300_000, 0),  # stage 2 is writing it right now
+    "checkpoints/scaled_vfn_stage2_epoch_1.safetensors": (300_000, 4000),  # stage 2, live
+    "checkpoints/scaled_vfn_stage2_epoch_2.safetensors": (300_000, 0),  # stage 2 is writing it right now
     "checkpoints/scaled_vfn_stage2.safetensors.tmp": (1000, 4000),  # an output being written (tmp + rename)
     "checkpoints/codebook_code.bin": (200_000, 5000),
     "logs/phase03.log": (5000, 5000),
