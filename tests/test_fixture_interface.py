@@ -1,7 +1,9 @@
 """The volt-x test fixture (tests/fixtures/volt-x) against the real Volt-X binaries' interface.
 
 The expected texts are copied from Project4070/Volt_X (commit ed32a77): crates/volt-learn/src/bin/train_vfn.rs,
-codebook_init.rs, crates/volt-learn/Cargo.toml, crates/volt-soft/src/training/scaled_flow_matching.rs. The fixture is
+codebook_init.rs, crates/volt-learn/Cargo.toml, crates/volt-soft/src/training/scaled_flow_matching.rs; the data formats
+and loader messages from crates/volt-learn/src/code_dataset.rs, code_pairs.rs, stack_corpus.rs, codebook_init.rs (records
+deserialized with serde_json, whose error texts the data tests derive from the record they write). The fixture is
 built here with this machine's cargo (offline, into temporary target directories) once per module, in three ways:
 no features, the guide's `--features vfn-training` line, and `--features vfn-training,resume`.
 """
@@ -614,3 +616,173 @@ def test_codebook_learned_translator_and_errors(builds: Builds, tmp_path: Path) 
     empty.mkdir()
     none = run(builds.guide / "codebook-init", ["--corpus", str(empty)], tmp_path)
     assert (none.returncode, none.stderr.splitlines()[-1]) == (1, f"ERROR: learn error: no .jsonl files found in {empty}")
+
+
+# --- data formats --------------------------------------------------------------------------------------------------
+
+PROBLEM_FILES = [
+    "code_training_combined.jsonl",
+    "humaneval.jsonl",
+    "mbpp.jsonl",
+    "apps_introductory_train.jsonl",
+    "apps_interview_train.jsonl",
+    "apps_competition_train.jsonl",
+]
+PROBLEM = {"id": "t/1", "query": "Add two numbers.", "solution": "def add(a, b):\n    return a + b\n", "tests": ["assert add(1, 2) == 3"]}
+CODE = "def f(x):\n    y = x + 1\n    return y * 2\n\n\nclass Handler:\n    pass\n"
+
+
+def jsonl(path: Path, *lines: str | bytes) -> Path:
+    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
+    return path
+
+
+def test_make_data_writes_the_real_record_formats(builds: Builds, tmp_path: Path) -> None:
+    import json
+
+    data = builds.data / "data"
+    ids = []
+    for name in PROBLEM_FILES:
+        assert 20_000 <= (data / name).stat().st_size <= 70_000, name
+        apps = name.startswith("apps_")
+        for line in (data / name).read_text().splitlines():
+            r = json.loads(line)
+            assert set(r) == {"id", "query", "solution", "tests", "language"} | ({"difficulty"} if apps else set()), r
+            assert all(isinstance(r[k], str) and r[k].strip() for k in ("id", "query", "solution")), r
+            assert r["language"] == "python" and r.get("difficulty") == (name.split("_")[1] if apps else None)
+            fn = re.match(r"(?:async )?def (\w+)\(", r["solution"])
+            assert fn, r["solution"]
+            if r["query"].startswith("Implement `"):
+                assert re.match(rf"Implement `(async )?def {fn[1]}\(.*\)( -> .+)?`\.$", r["query"]), r["query"]
+            assert isinstance(r["tests"], list) and r["tests"] and all(isinstance(t, str) for t in r["tests"])
+            assert re.search(rf"{re.escape(fn[1])}\)\.parameters\) == \[", r["tests"][0]), r["tests"]
+            ids.append(r["id"])
+    assert len(ids) == len(set(ids)) and len(ids) > 200
+    corpus = data / "python_sample.jsonl"
+    assert 300_000 <= corpus.stat().st_size <= 340_000
+    for line in corpus.read_text().splitlines():
+        r = json.loads(line)
+        assert set(r) == {"content", "language", "path", "size"} and r["language"] == "python"
+        assert r["size"] == len(r["content"].encode()) and re.fullmatch(r"Lib/\w+\.py", r["path"]), r["path"]
+    # Deterministic: a second run writes the same bytes.
+    again = tmp_path / "again"
+    proc = subprocess.run([sys.executable, str(FIXTURE / "make_data.py"), str(again)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for sub in ("data", "checkpoints"):
+        names = sorted(p.name for p in (builds.data / sub).iterdir())
+        assert names == sorted(p.name for p in (again / sub).iterdir())
+        assert all((builds.data / sub / n).read_bytes() == (again / sub / n).read_bytes() for n in names)
+
+
+def test_train_vfn_loads_every_make_data_file(builds: Builds, tmp_path: Path) -> None:
+    data = [a for name in PROBLEM_FILES for a in ("--data", str(builds.data / "data" / name))]
+    proc = run(builds.guide / "train-vfn", [*train_args(builds, "--epochs", "1", "--batch-size", "32"), *data], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in PROBLEM_FILES:
+        assert f"[code_pairs] Loaded {records_in(builds, name)} problems from {builds.data / 'data' / name}\n" in proc.stderr
+    total = records_in(builds, "mbpp.jsonl") + sum(records_in(builds, n) for n in PROBLEM_FILES)
+    assert f"\n[code_pairs] Total: {total} problems from 7 files\nLoaded {total} problems total\n" in proc.stderr
+    assert "WARNING" not in proc.stderr and "Skipped" not in proc.stderr
+
+
+def test_train_vfn_data_errors_are_the_real_loaders(builds: Builds, tmp_path: Path) -> None:
+    import json
+
+    ok = jsonl(tmp_path / "ok.jsonl", json.dumps(PROBLEM), "", json.dumps({**PROBLEM, "id": "t/2", "language": None, "extra": {"a": [1, None]}}))
+    no_tests = json.dumps({k: v for k, v in PROBLEM.items() if k != "tests"})
+    missing = jsonl(tmp_path / "missing.jsonl", json.dumps(PROBLEM), "  ", no_tests)
+    old_format = "  " + json.dumps({"content": CODE})  # make_data's former records; the real loader parses the untrimmed line
+    old = jsonl(tmp_path / "old.jsonl", old_format)
+    wrong = json.dumps({**PROBLEM, "tests": "assert add(1, 2) == 3"})
+    bad = jsonl(tmp_path / "bad.jsonl", wrong)
+    empty = jsonl(tmp_path / "empty.jsonl", "", " ")
+    args = train_args(builds, "--epochs", "1", "--batch-size", "1", "--warmup", "1", data=str(ok))
+    for path in (missing, old, bad, empty):
+        args += ["--data", str(path)]
+    proc = run(builds.guide / "train-vfn", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # serde_json: a missing field is found after the closing brace, a wrong type after the value it read.
+    col = wrong.index('"tests": ') + len('"tests": "assert add(1, 2) == 3"')
+    assert (
+        f"Loading datasets...\n[code_pairs] Loaded 2 problems from {ok}\n"
+        f"[code_pairs] WARNING: failed to load {missing}: learn error: Failed to parse JSON at line 3: "
+        f"missing field `tests` at line 1 column {len(no_tests)}\n"
+        f"[code_pairs] WARNING: failed to load {old}: learn error: Failed to parse JSON at line 1: "
+        f"missing field `id` at line 1 column {len(old_format)}\n"
+        f"[code_pairs] WARNING: failed to load {bad}: learn error: Failed to parse JSON at line 1: "
+        f'invalid type: string "assert add(1, 2) == 3", expected a sequence at line 1 column {col}\n'
+        f"[code_pairs] WARNING: failed to load {empty}: learn error: Dataset file is empty or contains no valid problems\n"
+        "[code_pairs] Total: 2 problems from 5 files\nLoaded 2 problems total\n"
+    ) in proc.stderr
+    assert (tmp_path / "checkpoints" / "scaled_vfn.safetensors").is_file()
+
+    none = run(builds.guide / "train-vfn", train_args(builds, data=str(old)) + ["--data", str(bad)], tmp_path)
+    assert none.returncode == 1
+    assert none.stderr.endswith(
+        f'learn error: Failed to parse JSON at line 1: invalid type: string "assert add(1, 2) == 3", expected a sequence at line 1 column {col}\n'
+        "ERROR: failed to load datasets: learn error: failed to load any problems from 2 dataset files\n"
+    )
+
+    # An empty query or solution fails the translator's encode: the problem is skipped.
+    blank = jsonl(tmp_path / "blank.jsonl", json.dumps(PROBLEM), json.dumps({**PROBLEM, "id": "t/3", "query": ""}))
+    proc = run(builds.guide / "train-vfn", train_args(builds, "--epochs", "1", "--batch-size", "1", data=str(blank)), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    skipped = r"\[code_pairs\] Skipped 1/2 problems \(encoding failed\)"
+    assert re.search(rf"\nEncoding problems to FramePairs\.\.\.\n{skipped}\nEncoded \d+ pairs", proc.stderr), proc.stderr
+    only = jsonl(tmp_path / "only.jsonl", json.dumps({**PROBLEM, "solution": ""}))
+    proc = run(builds.guide / "train-vfn", train_args(builds, data=str(only)), tmp_path)
+    assert proc.returncode == 1
+    skipped = r"\[code_pairs\] Skipped 1/1 problems \(encoding failed\)"
+    assert re.search(rf"{skipped}\nEncoded 0 pairs .*\nERROR: no valid FramePairs generated\n$", proc.stderr), proc.stderr
+
+
+def codebook_counts(stderr: str) -> tuple[int, int, int]:
+    tail = CODEBOOK_TAIL.search(stderr)
+    assert tail, stderr
+    assert f"[codebook-init] Encoding complete: {tail[1]} files, {tail[3]} vectors, {tail[2]} skipped\n" in stderr
+    return int(tail[1]), int(tail[2]), int(tail[3])
+
+
+def test_codebook_reads_stack_entries_like_the_real_reader(builds: Builds, tmp_path: Path) -> None:
+    import json
+
+    corpus = jsonl(
+        tmp_path / "corpus.jsonl",
+        json.dumps({"content": CODE, "language": "python", "path": "a.py", "size": len(CODE)}),  # read
+        json.dumps({"content": CODE, "language": "rust"}),  # read: no language is filtered out
+        json.dumps({"content": CODE}),  # skipped: no `language`
+        json.dumps(PROBLEM),  # skipped: a code_pairs problem is no StackEntry
+        "not json",  # skipped
+        json.dumps({"content": "x = 1", "language": "python"}),  # skipped: under 50 bytes
+        "",  # not counted
+        b'{"content": "\xff\xfe", "language": "python"}',  # skipped: not UTF-8 (and the reader reads on)
+        json.dumps({"content": CODE, "language": "python", "size": -1}),  # skipped: size is a usize
+        json.dumps({"content": "x = 1\n" * 2000, "language": "python"}),  # 12000 bytes: over the StubTranslator's 10000
+        json.dumps({"content": CODE, "language": "python"}),  # read
+    )
+    lines_of_code = len([line for line in CODE.splitlines() if line.strip()])
+    stub = run(builds.plain / "codebook-init", ["--corpus", str(corpus), "--output", "stub.bin"], tmp_path)
+    assert stub.returncode == 0, stub.stderr
+    assert codebook_counts(stub.stderr) == (3, 7, 3 * lines_of_code)
+    ck = builds.data / "checkpoints"
+    learned = ["--tokenizer", str(ck / "code_tokenizer.json"), "--encoder", str(ck / "code_encoder.safetensors")]
+    learned += ["--decoder", str(ck / "code_decoder.safetensors")]
+    proc = run(builds.guide / "codebook-init", ["--corpus", str(corpus), "--output", "learned.bin", *learned], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert codebook_counts(proc.stderr) == (4, 6, 3 * lines_of_code + 16)
+
+    # make_data's python_sample: every record is read with the LearnedTranslator; the stub skips those over 10000 bytes.
+    sample = builds.data / "data" / "python_sample.jsonl"
+    sizes = [len(json.loads(line)["content"].encode()) for line in sample.read_text().splitlines()]
+    big = sum(1 for n in sizes if n > 10_000)
+    proc = run(builds.guide / "codebook-init", ["--corpus", str(sample), "--output", "sample.bin", *learned], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert codebook_counts(proc.stderr)[:2] == (len(sizes), 0)
+    proc = run(builds.plain / "codebook-init", ["--corpus", str(sample), "--output", "sample.bin"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert codebook_counts(proc.stderr)[:2] == (len(sizes) - big, big)
+
+    # The data directory: the code_pairs files (before python_sample.jsonl by name) are all skipped.
+    proc = run(builds.guide / "codebook-init", ["--corpus", str(builds.data / "data"), "--output", "dir.bin", "--max-files", "3", *learned], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert codebook_counts(proc.stderr)[:2] == (3, sum(records_in(builds, name) for name in PROBLEM_FILES))
