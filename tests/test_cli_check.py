@@ -1,5 +1,7 @@
 """`volt-ansible check`: the data pre-flight a user runs before renting."""
 
+import json
+
 import yaml
 
 
@@ -20,11 +22,13 @@ def test_check_reports_sizes_and_reuses_cached_digests(project, tmp_path):
         if item["enabled"]:
             p = root / item["src"]
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(f'{{"content": "print({item["name"]!r})"}}\n' * 50)
+            # one record shape that every job reading it accepts (input_records: train-vfn's and codebook-init's fields)
+            rec = {"id": item["name"], "query": "q", "solution": f"print({item['name']!r})", "tests": [], "content": "c", "language": "py"}
+            p.write_text((json.dumps(rec) + "\n") * 50)
     project.spec(volt_data={"local_root": str(root)})
     first = project.cli("check", "--job", "stage1").stdout
     assert "code_training_combined" in first and "python_sample" not in first  # only what stage1 needs
     assert (project.volt_dir / "data-manifest.json").exists()
     again = project.cli("check", "--job", "stage1").stdout
-    assert "(8.0 KB hashed now, 0 B from th" in first
-    assert "(0 B hashed now, 8.0 KB from th" in again  # digests came from the cache (path+size+mtime)
+    assert "(25.4 KB hashed now, 0 B from th" in first
+    assert "(0 B hashed now, 25.4 KB from th" in again  # digests came from the cache (path+size+mtime)

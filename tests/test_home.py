@@ -190,12 +190,12 @@ def scan_params(root: Path, **kw) -> dict:
 def test_scan_takes_only_complete_files_and_keeps_epochs_per_job(tmp_path: Path):
     now = time.time()
     make_tree(tmp_path, {
-        "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": (10, 900),
+        "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors": (10, 900),
         "checkpoints/scaled_vfn_stage1.safetensors": (10, 800),
-        "checkpoints/scaled_vfn_epoch_1.safetensors": (10, 300),
-        "checkpoints/scaled_vfn_epoch_2.safetensors": (10, 5),  # being written
+        "checkpoints/scaled_vfn_stage2_epoch_1.safetensors": (10, 300),
+        "checkpoints/scaled_vfn_stage2_epoch_2.safetensors": (10, 5),  # being written
         "checkpoints/scaled_vfn_stage2.safetensors.tmp": (10, 300),
-        "checkpoints/scaled_vfn_epoch_x.safetensors": (10, 300),  # not an epoch number
+        "checkpoints/scaled_vfn_stage2_epoch_x.safetensors": (10, 300),  # not an epoch number
         "checkpoints/codebook_code.bin": (10, 300),
         "checkpoints/code_encoder.safetensors": (10, 900),  # an input, not a result
         "logs/phase21_stage2.log": (10, 120),
@@ -206,17 +206,17 @@ def test_scan_takes_only_complete_files_and_keeps_epochs_per_job(tmp_path: Path)
     files, waiting, n_home = backup_scan.scan(scan_params(tmp_path), now)
     got = {f["src"]: (f["dest"], f["kind"], f["job"], f["epoch"]) for f in files}
     assert got == {
-        "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors": ("checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors", "epoch", "stage1",
+        "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors": ("checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors", "epoch", "stage1",
                                                                      1),
         "checkpoints/scaled_vfn_stage1.safetensors": ("checkpoints/scaled_vfn_stage1.safetensors", "output", "stage1", None),
-        "checkpoints/scaled_vfn_epoch_1.safetensors": ("checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors", "epoch", "stage2", 1),
+        "checkpoints/scaled_vfn_stage2_epoch_1.safetensors": ("checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors", "epoch", "stage2", 1),
         "logs/phase21_stage2.log": ("logs/phase21_stage2.log", "log", None, None),
     }
-    assert [f["src"] for f in files][0] == "checkpoints/epochs/stage1/scaled_vfn_epoch_1.safetensors"  # oldest first
+    assert [f["src"] for f in files][0] == "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"  # oldest first
     why = {w["src"]: w["reason"] for w in waiting}
     assert why["checkpoints/codebook_code.bin"] == "job phase03 is not done (logs/phase03.status: state=running)"
-    assert why["checkpoints/scaled_vfn_epoch_2.safetensors"].startswith("modified 5s ago")
-    assert set(why) == {"checkpoints/codebook_code.bin", "checkpoints/scaled_vfn_epoch_2.safetensors"}  # the .tmp is never even listed
+    assert why["checkpoints/scaled_vfn_stage2_epoch_2.safetensors"].startswith("modified 5s ago")
+    assert set(why) == {"checkpoints/codebook_code.bin", "checkpoints/scaled_vfn_stage2_epoch_2.safetensors"}  # the .tmp is never even listed
     assert n_home == 0
 
     # the codebook once Phase 0.3 is done (a JSON status works too); what is home (same size + mtime) is not listed again
@@ -227,9 +227,9 @@ def test_scan_takes_only_complete_files_and_keeps_epochs_per_job(tmp_path: Path)
 
     # stage 2 finishes: training_tmux archives its epochs; the archived copy is the one already home
     (tmp_path / "checkpoints/epochs/stage2").mkdir()
-    os.rename(tmp_path / "checkpoints/scaled_vfn_epoch_1.safetensors", tmp_path / "checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors")
+    os.rename(tmp_path / "checkpoints/scaled_vfn_stage2_epoch_1.safetensors", tmp_path / "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors")
     files3, _, _ = backup_scan.scan(scan_params(tmp_path, known=known), now)
-    assert "checkpoints/epochs/stage2/scaled_vfn_epoch_1.safetensors" not in [f["src"] for f in files3]
+    assert "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors" not in [f["src"] for f in files3]
 
 
 def test_scan_digest_reports_the_current_state(tmp_path: Path):

@@ -156,6 +156,9 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict, check_names: b
     except VoltError as e:
         raise CurriculumError(str(e)) from None
     resume_flag = kind.get("resume_flag", "--resume")
+    records = kind.get("input_records") or {}
+    _require(isinstance(records, dict) and all(isinstance(f, list) and f and all(isinstance(x, str) for x in f) for f in records.values()),
+             f"{where.split('.')[0]}.input_records must map an input flag to the list of fields its records need, got {records!r}")
     return {
         "name": name,
         "title": one_line(defn.get("title", name), f"{where}.title"),
@@ -178,6 +181,7 @@ def _job(defn: dict, args: dict, where: str, kind: dict, s: dict, check_names: b
         "resume_flag": one_line(resume_flag, f"{where}: resume_flag") if epoch and resume_flag else None,
         "cpu_fallback": one_line(kind.get("cpu_fallback_pattern") or "", f"{where}: cpu_fallback_pattern") if gpu else "",
         "log_patterns": dict(kind.get("log_patterns") or {}),
+        "records": {str(flag): list(fields) for flag, fields in records.items()},
         "epoch": epoch,
         "previous": None,
         "stage": None,
@@ -189,8 +193,9 @@ def resolve(phase03: dict | None, curriculum: dict | None, settings: dict, check
     script_path. A job: name, title, kind (cpu|gpu), gpu, bin, args (its merged flag table), argv, command, inputs,
     output, log, status, script, script_path, ready, batch_flag, batches, oom_pattern, resume_flag (None: never
     resumes), cpu_fallback (fixed text that stops a GPU job; "" for none), log_patterns (the raw regexes),
-    epoch ({dir, prefix, suffix, glob, owner, archive} or None), previous ({name, output} of the stage before), stage
-    (1-based curriculum index; None for Phase 0.3). phase03/curriculum None: that part is absent.
+    records ({input flag: fields each JSONL record of it needs}), epoch ({dir, prefix, suffix, glob, owner, archive}
+    or None), previous ({name, output} of the stage before), stage (1-based curriculum index; None for Phase 0.3).
+    phase03/curriculum None: that part is absent.
 
     check_names=False accepts any one-line job name (readers of what is on the instance); the role's launch checks them."""
     s = _settings(settings, check_names)

@@ -1,6 +1,6 @@
 """The pre-flight of the data, before renting (`volt-ansible check`) and in the role: every source exists, is readable
-and is a file or a directory as declared; sizes and digests (cached by path + size + mtime); transfer order
-(needed-first, then small-first); zstd only where it pays."""
+and is a file or a directory as declared, and a job's JSONL input has the record fields its binary needs; sizes and
+digests (cached by path + size + mtime); transfer order (needed-first, then small-first); zstd only where it pays."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from volt_ansible.datasync import records
 from volt_ansible.datasync.manifest import MANIFEST_NAME, DigestCache, Item, Manifest, parse_manifest
 from volt_ansible.errors import VoltError
 from volt_ansible.fileops import digest_files, dir_digest, walk_files
@@ -164,6 +165,8 @@ def preflight(volt_data: object, volt_dir: Path, jobs: list[str] | None = None, 
                 problems.append(f"data item {it.name} ({_needed_by(it)}): {p} is an empty directory: point src at the data or set enabled: false")
             elif unreadable:
                 problems.append(f"data item {it.name} ({_needed_by(it)}): {unreadable[0]} is not readable by this user: fix its permissions")
+    if not problems and jobs_spec:
+        problems = records.problems(selected, jobs_spec)
     if problems:
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
         raise VoltError(problems[0] + more)

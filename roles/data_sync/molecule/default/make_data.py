@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Make a local data tree shaped like the guide's (group_vars volt_data defaults) for tests and the benchmark.
 
-JSONL items are real code: the Python standard library's .py files as {"content": ...} lines, repeated
-to the wanted size; checkpoints are safetensors-like files (a JSON header, then random, incompressible bytes).
+JSONL items are real code, the Python standard library's .py files, in the records Volt-X's binaries read: the
+training sets as code_pairs problems ({"id", "query", "solution", "tests", "language"}), the Stack sets as
+corpus records ({"content", "language", "path"}); repeated to the wanted size; checkpoints are safetensors-like files (a JSON header, then random, incompressible bytes).
 Sizes in MB (1e6 bytes); the guide's sizes scaled by --scale, the Stack sets given on their own.
 """
 
@@ -29,13 +30,15 @@ GUIDE_MB = {  # the guide's File Reference sizes; APPS "varies": 1 MB each here
 STACK_PYTHON = "phase0/the_stack_sample/python/python_sample.jsonl"
 STACK_FULL = "phase5/the_stack_full"
 
-_corpus: list[bytes] = []
+_corpus: dict[str, list[bytes]] = {}
 
 
-def corpus() -> list[bytes]:
-    """One JSONL line per stdlib .py file (site-packages left out), in a fixed order."""
-    if not _corpus:
+def corpus(kind: str = "stack") -> list[bytes]:
+    """One JSONL line per stdlib .py file (site-packages left out), in a fixed order: a corpus record (kind "stack") or
+    a code_pairs problem (kind "pairs": the module's docstring or name as the query, its source as the solution)."""
+    if kind not in _corpus:
         root = Path(sysconfig.get_paths()["stdlib"])
+        lines = _corpus[kind] = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
             for f in sorted(filenames):
@@ -45,13 +48,20 @@ def corpus() -> list[bytes]:
                         text = p.read_text(encoding="utf-8")
                     except (OSError, UnicodeDecodeError):
                         continue
-                    _corpus.append((json.dumps({"path": str(p.relative_to(root)), "content": text}) + "\n").encode())
-    return _corpus
+                    rel = str(p.relative_to(root))
+                    if kind == "stack":
+                        rec = {"content": text, "language": "python", "path": rel}
+                    else:
+                        mod = rel.removesuffix(".py").replace("/", ".")
+                        rec = {"id": f"stdlib/{len(lines)}", "query": f"Write the module {mod}.", "solution": text,
+                               "tests": [f"import {mod}"], "language": "python"}
+                    lines.append((json.dumps(rec) + "\n").encode())
+    return _corpus[kind]
 
 
-def write_jsonl(path: Path, size: int, offset: int = 0) -> None:
+def write_jsonl(path: Path, size: int, offset: int = 0, kind: str = "stack") -> None:
     """Whole lines of the stdlib corpus, starting at line `offset`, until `size` bytes (at least one line)."""
-    lines = corpus()
+    lines = corpus(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     i = offset
@@ -85,7 +95,7 @@ def make(root: Path, scale: float = 1.0, stack_python_mb: float = 5.0, stack_ful
         if rel.endswith(".safetensors"):
             write_safetensors(p, size, seed=i)
         else:
-            write_jsonl(p, size, offset=i * 97)
+            write_jsonl(p, size, offset=i * 97, kind="pairs")
         out[rel] = p.stat().st_size
     write_jsonl(root / STACK_PYTHON, int(stack_python_mb * 1e6), offset=1000)
     out[STACK_PYTHON] = (root / STACK_PYTHON).stat().st_size
