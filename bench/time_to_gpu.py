@@ -176,7 +176,7 @@ def timed(argv: list[str], what: str, timeout: float = 900) -> tuple[float, str]
 
 def run_guide(p: Project, a, work: Path, staging_tgz: Path, staging: list[str], python_sample: Path, stack_full: Path,
               jobs: dict[str, dict]) -> dict:
-    inst, t0, tx0 = provision(p, a.rate_mbit)
+    inst, t0, tx0 = provision(p, a.rate_mbit, a.rtt_ms)
     res: dict = {}
     watches: list[Watch] = []
     try:
@@ -252,7 +252,7 @@ def up_env(a) -> dict[str, str]:
 
 
 def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
-    inst, t0, tx0 = provision(p, a.rate_mbit)
+    inst, t0, tx0 = provision(p, a.rate_mbit, a.rtt_ms)
     res: dict = {}
     watches: list[Watch] = []
     try:
@@ -318,6 +318,7 @@ def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate-mbit", type=float, default=50.0, help="tbf rate on each instance's veth (default 50)")
+    ap.add_argument("--rtt-ms", type=float, default=80.0, help="each instance's round-trip time (default 80; a real one: 20-150)")
     ap.add_argument("--build-delay-ms", type=int, default=100000,
                     help="VOLT_FIXTURE_BUILD_DELAY_MS of every build (default 100000: cargo ~90%% of Terminal 1, as in the guide)")
     ap.add_argument("--stack-python-mb", type=float, default=480.0, help="Stack Python JSONL (default 480; the guide: 50 GB)")
@@ -368,7 +369,8 @@ def main() -> int:
         toolchain_bytes = toolchain_archive().stat().st_size
         log(f"data: Stack Python {datasync.human(python_sample.stat().st_size)}, Stack Full {datasync.human(stack_full_bytes)}, "
             f"staging tar.gz {datasync.human(staging_tgz.stat().st_size)}; Rust archive {datasync.human(toolchain_bytes)}; "
-            f"pre-flight hashed {datasync.human(report.hashed_bytes)}; link {a.rate_mbit:g} Mbit/s; build delay {a.build_delay_ms} ms")
+            f"pre-flight hashed {datasync.human(report.hashed_bytes)}; link {a.rate_mbit:g} Mbit/s, RTT {a.rtt_ms:g} ms; "
+            f"build delay {a.build_delay_ms} ms")
 
         log("1/4 guide: Terminal 1 (scp the setup script, run it: Rust download, apt, clone, cargo) || "
             "Terminal 2 (scp tar.gz, python_sample, -r the_stack_full); then extract, checks, tmux")
@@ -401,7 +403,8 @@ def main() -> int:
             "guide_bytes": g["bytes"], "cold_bytes": cold["bytes"], "warm_bytes": warm["bytes"],
             "rerun_s": round(warm["rerun_s"], 1), "rerun_changed": warm["rerun_changed"],
             "guide_build_s": round(g["build_s"], 1), "guide_upload_s": round(g["upload_s"], 1),
-            "upload_vs_build": round(g["upload_s"] / g["build_s"], 2), "rate_mbit": a.rate_mbit, "warm_cache_hit": warm["cache_hit"],
+            "upload_vs_build": round(g["upload_s"] / g["build_s"], 2), "rate_mbit": a.rate_mbit, "rtt_ms": a.rtt_ms,
+            "warm_cache_hit": warm["cache_hit"],
             "guide_stage1_bytes": g["stage1_bytes"], "cold_stage1_bytes": cold["stage1_bytes"], "warm_stage1_bytes": warm["stage1_bytes"],
             "cold_up_wall_s": round(cold["up_wall_s"], 1), "warm_up_wall_s": round(warm["up_wall_s"], 1),
             "rerun_playbook_s": warm["rerun_playbook_s"], "cold_changed": cold["changed"], "warm_changed": warm["changed"],
@@ -436,7 +439,7 @@ def print_table(o: dict, g: dict, cold: dict, warm: dict, a) -> None:
     mb = 1e6
     rows = [("guide (Step 2-4 scripted)", g, o["guide_bytes"]), ("up cold", cold, o["cold_bytes"]), ("up warm (build cache)", warm, o["warm_bytes"])]
     print()
-    print(f"link {a.rate_mbit:g} Mbit/s on each instance's veth; t0 = `volt-ansible provision` returned; seconds from t0")
+    print(f"link {a.rate_mbit:g} Mbit/s on each instance's veth, RTT {a.rtt_ms:g} ms; t0 = `volt-ansible provision` returned; seconds from t0")
     print(f"{'method':<26} {'stage1 started':>14} {'phase03 started':>15} {'vs guide':>9} {'MB sent by stage1':>18} {'MB sent in all':>15}")
     for name, r, total in rows:
         print(f"{name:<26} {r['stage1_s']:>14.1f} {r['phase03_s']:>15.1f} {g['stage1_s'] / r['stage1_s']:>8.2f}x "
