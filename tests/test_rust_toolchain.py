@@ -150,13 +150,13 @@ def test_archive_installs_over_an_old_rustc(ssh_host, archive):
     pb = play(rust_toolchain_method="archive", rust_toolchain_archive=str(archive), rust_toolchain_apt_packages=[])
 
     first = host.playbook(pb, check=True)
-    assert "/usr/bin/rustc is rustc 1.80.0, older than 1.85: installing the archive's toolchain beside it" in first.stdout
+    assert "/usr/bin/rustc is rustc 1.80.0, older than 1.88: installing the archive's toolchain beside it" in first.stdout
     for tool in ("rustc", "cargo"):
         out = ssh(host, f"command -v {tool} && {tool} --version")
         assert out.returncode == 0, out.stderr
         path, version = out.stdout.strip().splitlines()
         assert path == f"/usr/local/bin/{tool}"
-        assert rt.rust_toolchain_version_ok(version, "1.85"), version
+        assert rt.rust_toolchain_version_ok(version, "1.88"), version
     assert host.exec("/usr/bin/rustc --version").stdout.strip() == OLD_RUSTC  # the old one is left alone, shadowed
     assert host.exec("readlink /usr/local/bin/rustc").stdout.strip() == "/opt/rust/bin/rustc"
 
@@ -167,8 +167,8 @@ def test_archive_installs_over_an_old_rustc(ssh_host, archive):
     # An old toolchain in the prefix itself is replaced by the archive's.
     host.put(fake(OLD_RUSTC), "/opt/rust/bin/rustc")
     update = host.playbook(pb, check=True)
-    assert "/opt/rust/bin/rustc is rustc 1.80.0, older than 1.85: replacing it" in update.stdout
-    assert rt.rust_toolchain_version_ok(ssh(host, "rustc --version").stdout, "1.85")
+    assert "/opt/rust/bin/rustc is rustc 1.80.0, older than 1.88: replacing it" in update.stdout
+    assert rt.rust_toolchain_version_ok(ssh(host, "rustc --version").stdout, "1.88")
     assert not host.exec("ls -d /opt/rust.staging /opt/rust.old", check=False).stdout
 
     # Someone else's old rustc in /usr/local/bin is not overwritten: the role names it and fails.
@@ -177,7 +177,7 @@ def test_archive_installs_over_an_old_rustc(ssh_host, archive):
     shadowed = host.playbook(pb)
     assert shadowed.returncode != 0
     text = " ".join(shadowed.stdout.split())
-    assert "rustc on the non-login PATH is /usr/local/bin/rustc (1.80.0), older than 1.85" in text
+    assert "rustc on the non-login PATH is /usr/local/bin/rustc (1.80.0), older than 1.88" in text
     assert "/usr/local/bin/rustc is not this role's, so it was left alone: remove it" in text
     assert host.exec("/usr/local/bin/rustc --version").stdout.strip() == OLD_RUSTC
 
@@ -190,7 +190,7 @@ def test_rustup_refuses_an_old_rustc_it_does_not_manage(ssh_host):
     assert proc.returncode != 0
     text = " ".join(proc.stdout.split())
     assert "Stop on a toolchain the role must not replace" in text
-    assert "/usr/bin/rustc is rustc 1.80.0, older than 1.85 and is not managed by rustup" in text
+    assert "/usr/bin/rustc is rustc 1.80.0, older than 1.88 and is not managed by rustup" in text
     assert "remove it" in text and "rust_toolchain_method: archive" in text
     assert not host.exec("ls /root/.cargo /usr/local/bin/rustc 2>/dev/null", check=False).stdout  # nothing was installed
 
@@ -273,7 +273,7 @@ def test_rustup_install_and_update_through_a_mirror(ssh_host, rustup_dist):
               f"&& echo {'0' * len(seen)} > {update_hash}")
     assert ssh(host, "rustc --version").stdout.strip() == OLD_RUSTC
     update = host.playbook(pb, check=True, args=["-v"])  # -v: rustup's own output
-    assert "/root/.cargo/bin/rustc is rustc 1.80.0, older than 1.85: updating it with /root/.cargo/bin/rustup" in update.stdout
+    assert "/root/.cargo/bin/rustc is rustc 1.80.0, older than 1.88: updating it with /root/.cargo/bin/rustup" in update.stdout
     assert task_result(update.stdout, "Run rustup update stable") == "changed"
     assert task_result(update.stdout, "Make the default toolchain stable") == "changed"
     assert f"stable-{triple} updated - {rustc} (from {OLD_RUSTC})" in update.stdout
@@ -356,7 +356,7 @@ def test_a_url_archive_is_downloaded_by_the_host_and_checked(make_host, archive)
     assert task_result(first.stdout, "Copy the archive to the host") == "skipping"  # nothing pushed
     assert task_result(first.stdout, "Install the apt build dependencies") == "skipping"
     assert not host.exec("ls -d /opt/rust.staging /opt/rust.download /opt/rust.old", check=False).stdout
-    assert rt.rust_toolchain_version_ok(ssh(host, "rustc --version").stdout, "1.85")
+    assert rt.rust_toolchain_version_ok(ssh(host, "rustc --version").stdout, "1.88")
     marker = json.loads(host.exec("cat /opt/rust/.rust_toolchain.json").stdout)
     assert marker["sha256"] == sha and marker["archive"] == archive.name
     assert recap(host.playbook(pb, check=True))["changed"] == 0

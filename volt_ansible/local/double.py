@@ -18,7 +18,7 @@ from pathlib import Path
 from volt_ansible.errors import VoltError
 from volt_ansible.fileops import atomic_write
 from volt_ansible.local import hosts, link, offers, podman
-from volt_ansible.local.world import World
+from volt_ansible.local.world import World, image_recipe
 
 LABEL = "volt-ansible.local"
 
@@ -131,6 +131,7 @@ class LocalVast:
                 "disk": body.get("disk"),
                 "env": body.get("env") or {},
                 "runtype": body.get("runtype"),
+                "recipe": image_recipe(),  # the local image standing for body["image"] (VOLT_LOCAL_IMAGE, world.py)
                 "dph_total": dph,
                 "start_date": time.time(),
                 "ssh_port": 0,
@@ -163,7 +164,8 @@ class LocalVast:
             if inst is None:  # the create's record was never written (its process died first): nothing to start
                 return
             inst = dict(inst)
-        port = self._start_container(inst["container"], iid, inst["behaviour"], inst.get("env") or {}, volumes)
+        port = self._start_container(inst["container"], iid, inst["behaviour"], inst.get("env") or {}, volumes,
+                                     inst.get("recipe") or "bare")
         far = self._far_away(inst["container"]) if inst["behaviour"] != "exits" else {}
         with self.store() as s:
             rec = s["instances"][str(iid)]
@@ -178,10 +180,10 @@ class LocalVast:
                 f"printf '%s\\n' {shlex.quote(k)} >> /root/.ssh/authorized_keys" for k in keys)
             podman.run("exec", inst["container"], "sh", "-c", script)
 
-    def _start_container(self, name: str, iid: int, behaviour: str, env: dict, volumes: list[str]) -> int:
+    def _start_container(self, name: str, iid: int, behaviour: str, env: dict, volumes: list[str], recipe: str = "bare") -> int:
         port = hosts.start(
             name,
-            recipe="dev",  # like nvidia/cuda *-devel images: a C toolchain is there
+            recipe=recipe,  # bare: like nvidia/cuda *-devel (curl, no python3, git or C toolchain); dev: those prepared
             volumes=volumes,
             labels={LABEL: self.scope, "volt-ansible.instance": str(iid)},
             env={str(k): str(v) for k, v in env.items() if not str(k).startswith("-")},

@@ -13,6 +13,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from volt_ansible.errors import VoltError
 from volt_ansible.local import podman
@@ -25,20 +26,46 @@ class Recipe:
     name: str
     suite: str
     include: tuple[str, ...]
+    # Like a registry image (nvidia/cuda:*, FROM ubuntu): apt lists emptied, the docker apt/dpkg settings, sources with
+    # -updates and -security. False: debootstrap's rootfs as it is (lists kept, one source).
+    registry_like: bool = False
 
     @property
     def tag(self) -> str:
-        blob = json.dumps({**asdict(self), "v": RECIPE_VERSION}, sort_keys=True).encode()
+        fields = {k: v for k, v in asdict(self).items() if k != "registry_like" or v}  # the older recipes keep their tags
+        blob = json.dumps({**fields, "v": RECIPE_VERSION}, sort_keys=True).encode()
         return f"localhost/volt-{self.name}:{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-# The instance image: what the roles expect on a prepared host.
+# A prepared host: what the roles expect, so role tests about something else start from it.
 HOST = Recipe("host", "bookworm", ("openssh-server", "python3", "rsync", "sudo", "tmux", "git", "ca-certificates"))
-# A minimal Vast-like image: no python3, rsync or tmux (the bootstrap play installs them).
-BARE = Recipe("bare", "bookworm", ("openssh-server", "sudo", "ca-certificates"))
+# The instance image: what the spec's nvidia/cuda:12.8.0-devel-ubuntu22.04 has that the roles care about (curl and
+# ca-certificates; the CUDA toolkit comes from the local world), plus the sshd Vast adds. No python3, rsync, tmux, git,
+# zstd, sudo, build-essential, pkg-config or libssl-dev, and no apt lists: the bootstrap and rust_toolchain roles
+# install what they need with apt-get update + install, from the Debian mirror (through the controller's package
+# cache, local/aptcache.py, on the local backend), as a real instance does from Ubuntu's.
+BARE = Recipe("bare", "bookworm", ("openssh-server", "curl", "ca-certificates"), registry_like=True)
 # HOST plus a C toolchain, so role tests that compile do not apt-install one every run.
 DEV = Recipe("dev", "bookworm", HOST.include + ("build-essential", "pkg-config", "libssl-dev", "zstd"))
 RECIPES = {r.name: r for r in (HOST, BARE, DEV)}
+
+# What ubuntu:22.04 (and so nvidia/cuda:*-ubuntu22.04) carries for apt and dpkg in a container: no daemons started by
+# maintainer scripts, no .deb kept after an install, no translations, compressed lists, a minimized image (no docs or
+# man pages unpacked). A registry_like image gets the same, so apt on it does the work it does on a real instance.
+REGISTRY_FILES = {
+    "usr/sbin/policy-rc.d": ("#!/bin/sh\nexit 101\n", 0o755),
+    "etc/apt/apt.conf.d/docker-clean": (
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";\n', 0o644),
+    "etc/apt/apt.conf.d/docker-no-languages": ('Acquire::Languages "none";\n', 0o644),
+    "etc/apt/apt.conf.d/docker-gzip-indexes": ('Acquire::GzipIndexes "true";\nAcquire::CompressionTypes::Order:: "gz";\n', 0o644),
+    "etc/apt/apt.conf.d/docker-autoremove-suggests": ('Apt::AutoRemove::SuggestsImportant "false";\n', 0o644),
+    "etc/dpkg/dpkg.cfg.d/excludes": (
+        "path-exclude=/usr/share/man/*\npath-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n"
+        "path-exclude=/usr/share/info/*\npath-exclude=/usr/share/lintian/*\npath-exclude=/usr/share/locale/*\n"
+        "path-include=/usr/share/locale/locale.alias\n", 0o644),
+}
 
 
 def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
@@ -55,6 +82,24 @@ def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
         if p.exists() and (m := re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\s", p.read_text(), re.M)):
             return m.group(1)
     return "http://deb.debian.org/debian"
+
+
+def apt_security_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """Where this machine's apt gets bookworm-security (the main mirror's host + /debian-security when it says nothing)."""
+    for p in sorted(sources_dir.glob("sources.list.d/*.sources")):
+        for stanza in p.read_text().split("\n\n"):
+            if re.search(r"^Suites:.*\bbookworm-security\b", stanza, re.M) and (m := re.search(r"^URIs:\s*(\S+)", stanza, re.M)):
+                return m.group(1)
+    for p in [sources_dir / "sources.list", *sorted(sources_dir.glob("sources.list.d/*.list"))]:
+        if p.exists() and (m := re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm-security\s", p.read_text(), re.M)):
+            return m.group(1)
+    main = urlsplit(apt_mirror(sources_dir))
+    return f"{main.scheme}://{main.netloc}/debian-security"
+
+
+def sources_list(suite: str, mirror: str, security: str) -> str:
+    """An instance's apt sources: the release, its updates and its security fixes, as Ubuntu's images list them."""
+    return f"deb {mirror} {suite} main\ndeb {mirror} {suite}-updates main\ndeb {security} {suite}-security main\n"
 
 
 def ensure(recipe: Recipe = HOST) -> str:
@@ -86,6 +131,8 @@ def _build(recipe: Recipe) -> str:
         (root / "etc/ssh/sshd_config.d").mkdir(exist_ok=True)
         (root / "etc/ssh/sshd_config.d/volt.conf").write_text("PermitRootLogin prohibit-password\nUseDNS no\n")
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+        if recipe.registry_like:
+            _registry_like(root, recipe.suite)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         try:
             proc = subprocess.run([podman.require(), "import", "-", recipe.tag], stdin=tar.stdout, env=podman.env(), capture_output=True)
@@ -95,6 +142,22 @@ def _build(recipe: Recipe) -> str:
         if proc.returncode != 0:
             raise VoltError(f"podman import failed: {proc.stderr.decode().strip()}")
     return recipe.tag
+
+
+def _registry_like(root: Path, suite: str) -> None:
+    """What a registry image has that debootstrap's rootfs has not (REGISTRY_FILES), and no apt lists: the first apt on
+    it needs `apt-get update`, as on nvidia/cuda (whose Dockerfiles end with rm -rf /var/lib/apt/lists/*)."""
+    for rel, (text, mode) in REGISTRY_FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(mode)
+    (root / "etc/apt/sources.list").write_text(sources_list(suite, apt_mirror(), apt_security_mirror()))
+    lists = root / "var/lib/apt/lists"
+    shutil.rmtree(lists, ignore_errors=True)
+    (lists / "partial").mkdir(parents=True)
+    for cache in (root / "var/cache/apt").glob("*.bin"):
+        cache.unlink()
 
 
 def main(names: list[str]) -> int:

@@ -1,7 +1,9 @@
 """What a local instance gets instead of the internet: the Volt-X fixture as a git repo, this
 machine's Rust toolchain as an archive on a download server, its real nvcc, and an nvidia-smi double
 for the rented GPU. The repo and the toolchain are read-only mounts: like GitHub and
-static.rust-lang.org for a real instance, they reach it over its own network, not the operator's uplink."""
+static.rust-lang.org for a real instance, they reach it over its own network, not the operator's uplink. Its apt
+goes through the controller's package cache (local/aptcache.py: a setting mounted at /etc/apt/apt.conf.d/), as a
+real instance's goes to a mirror next to it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
-from volt_ansible.local import rustdist, toolchain
+from volt_ansible.local import aptcache, rustdist, toolchain
 from volt_ansible.spec import SPEC_FILE, read
 
 GIT_MOUNT = "/srv/git"
@@ -24,6 +26,11 @@ CUDA = Path("/usr/local/cuda")
 # How a local instance gets Rust: "archive" (this machine's toolchain packed, the default) or "rustup" (the real
 # rustup-init from a local copy of static.rust-lang.org, local/rustdist.py), from the renting command's environment.
 RUST_ENV = "VOLT_LOCAL_RUST"
+# The instance's image (local/image.py), from the renting command's environment: "bare" (the default: what
+# nvidia/cuda:*-devel has, so the roles install python3, git, a C toolchain ... with apt) or "dev" (those already
+# there: only for a test about something else, which says why).
+IMAGE_ENV = "VOLT_LOCAL_IMAGE"
+IMAGES = ("bare", "dev")
 
 
 def rust_method() -> str:
@@ -31,6 +38,14 @@ def rust_method() -> str:
     if method not in ("archive", "rustup"):
         raise VoltError(f"{RUST_ENV}={method!r}: choose archive (the packed toolchain, the default) or rustup (the real rustup-init)")
     return method
+
+
+def image_recipe() -> str:
+    name = os.environ.get(IMAGE_ENV, "") or "bare"
+    if name not in IMAGES:
+        raise VoltError(f"{IMAGE_ENV}={name!r}: choose bare (like nvidia/cuda:*-devel, the roles install what it lacks: the "
+                        "default) or dev (python3, git and a C toolchain already there), or unset it")
+    return name
 
 
 @dataclass
@@ -79,6 +94,8 @@ class World:
         if CUDA.exists():
             real = CUDA.resolve()  # like a Vast SSH session: nvcc present under /usr/local/cuda-*, not on PATH
             vols.append(f"{real}:{real}:ro")
+        apt_proxy, _ = aptcache.ensure()  # the package mirror next to the instance (a proxy that may have restarted)
+        vols.append(f"{apt_proxy}:{aptcache.MOUNT}:ro")
         return vols
 
     def publish_data(self) -> Path:
@@ -98,6 +115,8 @@ class World:
         return root
 
     def host_vars(self) -> dict:
+        image_recipe()  # a bad VOLT_LOCAL_IMAGE is one line here, before anything is rented
+        aptcache.ensure()  # so is a package cache that cannot start
         if rust_method() == "rustup":
             rust = rustdist.role_vars()
         else:
