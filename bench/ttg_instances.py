@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import Project, make_project
 
 from volt_ansible import ssh as ssh_mod
-from volt_ansible.local import podman
+from volt_ansible.local import aptcache, podman
 from volt_ansible.local.link import Model, Veth
 from volt_ansible.local.world import World
 
@@ -51,7 +51,7 @@ class Instance:
         self.ssh = ["ssh", *opts, "-p", str(self.port), "root@127.0.0.1"]
         self.scp = ["scp", "-q", *opts, "-P", str(self.port)]
         self.link = Veth(self.container)
-        self.link.shape(Model(rate_mbit=rate_mbit))
+        self.link.shape(Model(rate_mbit=rate_mbit), exempt=aptcache.endpoint())  # the package mirror is next to the instance
 
     def dst(self, path: str) -> str:
         return f"root@127.0.0.1:{path}"

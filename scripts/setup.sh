@@ -50,9 +50,9 @@ case "${1:-all}" in
   venv) venv ;;
   all)
     packages
-    # The image build is stdlib-only Python (the system python3 runs it), so it needs no .venv: debootstrap (~1 min,
-    # then cached by recipe) runs while pip installs.
-    CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf" setsid python3 -m volt_ansible.local.image host >/dev/null &
+    # The instance image (bare: like nvidia/cuda:*-devel) is built by stdlib-only Python (the system python3 runs it),
+    # so it needs no .venv: debootstrap (~1 min, then cached by recipe) runs while pip installs.
+    CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf" setsid python3 -m volt_ansible.local.image bare >/dev/null &
     image=$!
     trap 'kill -- -"$image" 2>/dev/null || true' EXIT  # a failed pip must not leave debootstrap running
     venv

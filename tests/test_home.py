@@ -206,10 +206,12 @@ def test_scan_takes_only_complete_files_and_keeps_epochs_per_job(tmp_path: Path)
     files, waiting, n_home = backup_scan.scan(scan_params(tmp_path), now)
     got = {f["src"]: (f["dest"], f["kind"], f["job"], f["epoch"]) for f in files}
     assert got == {
-        "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors": ("checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors", "epoch", "stage1",
+        "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors": ("checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors",
+                                                                            "epoch", "stage1",
                                                                      1),
         "checkpoints/scaled_vfn_stage1.safetensors": ("checkpoints/scaled_vfn_stage1.safetensors", "output", "stage1", None),
-        "checkpoints/scaled_vfn_stage2_epoch_1.safetensors": ("checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors", "epoch", "stage2", 1),
+        "checkpoints/scaled_vfn_stage2_epoch_1.safetensors": ("checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors", "epoch",
+                                                              "stage2", 1),
         "logs/phase21_stage2.log": ("logs/phase21_stage2.log", "log", None, None),
     }
     assert [f["src"] for f in files][0] == "checkpoints/epochs/stage1/scaled_vfn_stage1_epoch_1.safetensors"  # oldest first
@@ -227,7 +229,8 @@ def test_scan_takes_only_complete_files_and_keeps_epochs_per_job(tmp_path: Path)
 
     # stage 2 finishes: training_tmux archives its epochs; the archived copy is the one already home
     (tmp_path / "checkpoints/epochs/stage2").mkdir()
-    os.rename(tmp_path / "checkpoints/scaled_vfn_stage2_epoch_1.safetensors", tmp_path / "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors")
+    os.rename(tmp_path / "checkpoints/scaled_vfn_stage2_epoch_1.safetensors",
+              tmp_path / "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors")
     files3, _, _ = backup_scan.scan(scan_params(tmp_path, known=known), now)
     assert "checkpoints/epochs/stage2/scaled_vfn_stage2_epoch_1.safetensors" not in [f["src"] for f in files3]
 

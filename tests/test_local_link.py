@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -63,6 +64,12 @@ def test_the_relay_adds_the_round_trip_time_and_the_veth_gets_the_rate(tmp_path)
         assert statistics.median(far) < 0.080 + 0.25 and direct < 0.02, (far, direct)  # and not much longer
         veth.shape(link.Model(rate_mbit=50))
         assert "tbf" in veth.qdiscs() and "rate 50Mbit" in veth.qdiscs()
+        # the package mirror (aptcache's address and port) stays unshaped: a real one is next to the instance
+        veth.shape(link.Model(rate_mbit=50), exempt=("10.88.0.1", 3142))
+        qd = veth.qdiscs()
+        assert "qdisc htb 1: root" in qd and "rate 50Mbit" in qd and "parent 1:20" in qd, qd
+        filters = subprocess.run(["tc", "filter", "show", "dev", veth.dev], capture_output=True, text=True).stdout
+        assert "flowid 1:10" in filters and "0a580001/ffffffff at 12" in filters and "0c460000/ffff0000 at 20" in filters, filters
     finally:
         link.stop_relay(pid)
         stop(host)

@@ -201,7 +201,7 @@ def test_setup_skips_pip_when_venv_matches_the_constraints(tmp_path):
         proc = subprocess.run(["bash", str(tmp_path / "co/scripts/setup.sh")], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "setup: ready" in proc.stdout, proc.stdout + proc.stderr
     assert len(calls.read_text().splitlines()) == 1  # the second run found .venv installed from these very files
-    assert (tmp_path / "co/image-calls").read_text().splitlines() == ["host", "host"]  # the image (cached by recipe) each time
+    assert (tmp_path / "co/image-calls").read_text().splitlines() == ["bare", "bare"]  # the instance image (cached by recipe) each time
 
 
 def test_constraints_pin_every_dependency_exactly():

@@ -67,7 +67,8 @@ def read_remote(volt_dir: Path, host: str, port: int, script: str, timeout: floa
     except subprocess.TimeoutExpired:
         raise VoltError(f"ssh to {host}:{port} did not answer within {timeout:.0f} s: is the instance up (volt-ansible status)?") from None
     if proc.returncode == 255:
-        raise VoltError(_refused(volt_dir, host, port, proc.stderr) or f"ssh to {host}:{port} failed: {proc.stderr.strip() or 'no message'}")
+        said = " | ".join(ln.strip() for ln in proc.stderr.splitlines() if ln.strip()) or "no message"  # one line: it goes into others
+        raise VoltError(_refused(volt_dir, host, port, proc.stderr) or f"ssh to {host}:{port} failed: {said}")
     return proc.stdout
 
 

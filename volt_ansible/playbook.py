@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -56,10 +57,16 @@ def _failure(task: str, host: str, res: dict, known_hosts: Path) -> Failure:
     return Failure(task, host, line, True) if line else Failure(task, host, _message(res))
 
 
+SSH_CLOSED = re.compile(r"^Shared connection to \S+ closed\.$")  # ssh's own line after a raw command, not the command's
+
+
 def _message(res: dict) -> str:
     msg = res.get("msg") or res.get("reason") or ""
-    if res.get("stderr"):
-        msg = f"{msg}: {res['stderr'].strip().splitlines()[-1]}" if msg else res["stderr"]
+    stderr = [ln for ln in str(res.get("stderr") or "").strip().splitlines() if not SSH_CLOSED.match(ln)]
+    if not stderr and res.get("stdout"):  # raw runs under a tty: the command's own words are in stdout
+        stderr = str(res["stdout"]).strip().splitlines()[-1:]
+    if stderr:
+        msg = f"{msg}: {stderr[-1]}" if msg else "\n".join(stderr)
     if not msg and res.get("results"):
         msg = next((r.get("msg", "") for r in res["results"] if r.get("failed")), "")
     return " ".join(str(msg).split())[:800]

@@ -146,6 +146,13 @@ def ensure(directory: Path | None = None) -> tuple[Path, str]:
     return conf, url
 
 
+def endpoint(directory: Path | None = None) -> tuple[str, int] | None:
+    """(address, port) of the running proxy, or None: what the link model leaves unshaped (the mirror is next to a
+    real instance, not behind the operator's uplink)."""
+    info = _read((directory or cache_dir()) / "proxy.json")
+    return (info["ip"], int(info["port"])) if _running(info.get("pid")) and info.get("ip") and info.get("port") else None
+
+
 def _start(directory: Path, ip: str, subnet: str, hosts: list[str], port: int) -> dict:
     state_file = directory / "proxy.json"
     state_file.unlink(missing_ok=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
-from volt_ansible.local import podman
+from volt_ansible.local import aptcache, podman
 
 ENV = {"rtt_ms": "VOLT_LOCAL_RTT_MS", "rate_mbit": "VOLT_LOCAL_RATE_MBIT", "loss_pct": "VOLT_LOCAL_LOSS_PCT"}
 RELAY_BUFFER = 16 << 20  # bytes in flight per direction: more than 1 Gbit/s x 80 ms
@@ -95,17 +95,28 @@ class Veth:
         self.dev = dev
         self.ip = podman.out("inspect", "-f", "{{.NetworkSettings.IPAddress}}", container).strip()
 
-    def shape(self, model: Model, netem: bool = False) -> None:
-        """Replace the veth's root qdisc: netem (delay, loss) with tbf under it, or tbf alone."""
+    def shape(self, model: Model, netem: bool = False, exempt: tuple[str, int] | None = None) -> None:
+        """Replace the veth's root qdisc: netem (delay, loss) with tbf under it, or tbf alone. exempt: (address, port)
+        whose traffic to the container is not shaped (the package mirror next to the instance, local/aptcache.py): an
+        htb root sends it to a class of its own, everything else to the class that holds the model."""
         tbf = ["tbf", "rate", f"{model.rate_mbit:g}mbit", "burst", "32kb", "latency", "50ms"]
-        if netem and (model.rtt_ms or model.loss_pct):
-            em = ["netem", "delay", f"{model.rtt_ms:g}ms"] + (["loss", f"{model.loss_pct:g}%"] if model.loss_pct else [])
-            _tc("qdisc", "replace", "dev", self.dev, "root", "handle", "1:", *em)
-            if model.rate_mbit:
-                _tc("qdisc", "add", "dev", self.dev, "parent", "1:", "handle", "2:", *tbf)
-        elif model.rate_mbit:
-            # burst: a few ms at the rate (TCP hits the rate without ack-clocking gaps); latency bounds the queue
-            _tc("qdisc", "replace", "dev", self.dev, "root", *tbf)
+        em = ["netem", "delay", f"{model.rtt_ms:g}ms"] + (["loss", f"{model.loss_pct:g}%"] if model.loss_pct else [])
+        leaves = ([em] if netem and (model.rtt_ms or model.loss_pct) else []) + ([tbf] if model.rate_mbit else [])
+        if not leaves:
+            return
+        parent = ["root"]
+        if exempt:
+            self.unshape()  # a fresh htb: classes of an earlier shape would be in the way
+            _tc("qdisc", "add", "dev", self.dev, "root", "handle", "1:", "htb", "default", "20")
+            for cls in ("1:10", "1:20"):
+                _tc("class", "add", "dev", self.dev, "parent", "1:", "classid", cls, "htb", "rate", "10gbit")
+            _tc("filter", "add", "dev", self.dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", "src",
+                f"{exempt[0]}/32", "match", "ip", "sport", str(exempt[1]), "0xffff", "flowid", "1:10")
+            parent = ["parent", "1:20"]
+        for i, leaf in enumerate(leaves):
+            # tbf's burst: a few ms at the rate (TCP hits the rate without ack-clocking gaps); latency bounds the queue
+            _tc("qdisc", "replace" if parent == ["root"] else "add", "dev", self.dev, *parent, "handle", f"{i + 2}:", *leaf)
+            parent = ["parent", f"{i + 2}:"]
 
     def unshape(self) -> None:
         subprocess.run(["tc", "qdisc", "del", "dev", self.dev, "root"], capture_output=True)
@@ -136,7 +147,7 @@ def apply(container: str, model: Model) -> tuple[Veth, bool]:
     check(model)
     veth = Veth(container)
     netem = netem_available()
-    veth.shape(model, netem)
+    veth.shape(model, netem, aptcache.endpoint())
     return veth, bool(model.rtt_ms) and not netem
 
 

@@ -3,7 +3,8 @@
 
 JSONL items are real code, the Python standard library's .py files, in the records Volt-X's binaries read: the
 training sets as code_pairs problems ({"id", "query", "solution", "tests", "language"}), the Stack sets as
-corpus records ({"content", "language", "path"}); repeated to the wanted size; checkpoints are safetensors-like files (a JSON header, then random, incompressible bytes).
+corpus records ({"content", "language", "path"}); repeated to the wanted size; checkpoints are safetensors-like
+files (a JSON header, then random, incompressible bytes).
 Sizes in MB (1e6 bytes); the guide's sizes scaled by --scale, the Stack sets given on their own.
 """
 
