@@ -64,7 +64,7 @@ def on_instance(project, command: str) -> str:
 ])
 def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project, resumable):
     # still training when `finish` is tried right after the recovery
-    drill_spec(project, epochs=10 if resumable else 6, epoch_ms=3000, features=["vfn-training", "resume"] if resumable else None)
+    drill_spec(project, epochs=10, epoch_ms=3000 if resumable else 4000, features=["vfn-training", "resume"] if resumable else None)
     project.cli("provision")
     project.cli("run", "prepare", timeout=900)
     project.cli("run", "sync")
