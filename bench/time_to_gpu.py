@@ -89,13 +89,15 @@ set -euo pipefail
 mark() {{ echo "guide-mark $1 $(date +%s.%N)"; }}
 mark start
 echo "=== [1/5] Installing Rust toolchain ==="
+# the stand-in for rustup's download is a .tar.zst: an image like nvidia/cuda:*-devel has no zstd (rustup needs only curl)
+command -v zstd >/dev/null || {{ apt-get update -qq && apt-get install -y -qq --no-install-recommends zstd > /dev/null 2>&1; }}
 mkdir -p {prefix}
 zstd -dcq {archive} | tar -xf - -C {prefix}
 export PATH={prefix}/bin:$PATH
 echo "Rust version: $(rustc --version)"
 mark rust
 echo "=== [2/5] Installing system dependencies ==="
-apt-get update -qq && apt-get install -y -qq build-essential pkg-config libssl-dev git > /dev/null 2>&1
+apt-get update -qq && apt-get install -y -qq build-essential pkg-config libssl-dev git tmux > /dev/null 2>&1  # tmux: Step 4 (the image has none)
 echo "System deps installed."
 mark apt
 echo "=== [3/5] Cloning repository ==="
