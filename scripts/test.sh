@@ -22,8 +22,8 @@ ansible-lint --offline -q
 wait "$images"
 wait "$rust"
 echo "test.sh: linted, images and toolchain ready at ${SECONDS} s"
-# 4 workers on 2 cores (VOLT_TEST_WORKERS; the tests wait on ssh over an 80 ms link, apt, sleeps and containers, so more
-# workers than cores keep the CPUs busy; with 3 the suite took 1114 s): tests that share a module's host stay on one
-# (xdist groups), the slowest start first;
+# 3 workers on 2 cores (VOLT_TEST_WORKERS; the tests wait on ssh over an 80 ms link, apt, sleeps and containers, so a
+# third keeps the CPUs busy: 1114 s against 1209 s with 4): tests that share a module's host stay on one (xdist
+# groups), the slowest start first;
 # kinds, timeouts and groups come from tests/schedule.py. Exits 5 (a failure here) when no test ran.
-python -m pytest -q --durations=25 -n "${VOLT_TEST_WORKERS:-4}" --dist loadgroup "$@"
+python -m pytest -q --durations=25 -n "${VOLT_TEST_WORKERS:-3}" --dist loadgroup "$@"
