@@ -238,7 +238,7 @@ def parse_snapshot(text: str, lay: Layout, stall_s: float = STALL_S, gpu_low_pct
 
 def restart_line(j: JobDef, js: JobState) -> str:
     """One line: this stage cannot resume, and what losing the instance now would cost."""
-    flag = j.resume_flag or "a resume option"
+    flag = j.resume_flag or "resume option"
     cost = f"{js.redo_epochs} finished epoch(s)"
     if js.redo_s is not None:
         cost += f", ~{js.redo_s / 3600:.2f} GPU-hours"
