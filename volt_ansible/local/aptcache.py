@@ -44,7 +44,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from volt_ansible.errors import VoltError
-from volt_ansible.local import image, podman, toolchain
+from volt_ansible.local import image, podman, procs, toolchain
 
 VERSION = 2  # of the proxy's code: a running proxy of another version is replaced
 MOUNT = "/etc/apt/apt.conf.d/01volt-proxy"  # where instances see the setting (read-only)
@@ -78,12 +78,8 @@ def mirror_hosts() -> list[str]:
 
 
 def _running(pid: int | None) -> bool:
-    """Whether `pid` is a proxy this module started (by its command line: a recycled pid is someone else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
-    except OSError:
-        return False
-    return b"volt_ansible.local.aptcache" in cmdline and b"serve" in cmdline
+    """Whether `pid` is a proxy this module started."""
+    return procs.started_here(pid, "volt_ansible.local.aptcache", "serve")
 
 
 def _read(path: Path) -> dict:

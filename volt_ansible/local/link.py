@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from volt_ansible.errors import VoltError
-from volt_ansible.local import aptcache, podman
+from volt_ansible.local import aptcache, podman, procs
 
 ENV = {"rtt_ms": "VOLT_LOCAL_RTT_MS", "rate_mbit": "VOLT_LOCAL_RATE_MBIT", "loss_pct": "VOLT_LOCAL_LOSS_PCT"}
 RELAY_BUFFER = 16 << 20  # bytes in flight per direction: more than 1 Gbit/s x 80 ms
@@ -241,12 +241,8 @@ def start_relay(run_dir: Path, name: str, ip: str, rtt_ms: float, port: int = 22
 
 
 def relay_running(pid: int | None) -> bool:
-    """Whether `pid` is a relay this module started (by its command line: a recycled pid is someone else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
-    except OSError:
-        return False
-    return b"volt_ansible.local.link" in cmdline and b"relay" in cmdline
+    """Whether `pid` is a relay this module started."""
+    return procs.started_here(pid, "volt_ansible.local.link", "relay")
 
 
 def stop_relay(pid: int | None) -> None:
