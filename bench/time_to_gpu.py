@@ -1,34 +1,29 @@
 #!/usr/bin/env python3
-"""Time from "instance running" to "GPU training job started": the guide's sequence vs `volt-ansible up`, cold and warm.
+"""Time from "instance running" to "stage 1's GPU job training": `volt-ansible up` against the guide, an informed
+operator and the physical floor.
 
 Run by hand from the project root, as root, with .venv active (see bench/README.md):
 
-    python bench/time_to_gpu.py [--rate-mbit 50] [--build-delay-ms 100000] [--stack-python-mb 480] [--stack-full-mb 1150] [--keep]
+    python bench/time_to_gpu.py [--sweep] [--keep]        # defaults: bench/ttg.yml (frozen)
 
-On the embedded local backend (Vast API double + podman container as the instance), in one run and under the
-same link shaping (a tbf on the instance container's host-side veth, egress = traffic to the instance), each
-method on its own fresh instance:
+On the embedded local backend (Vast API double + podman container as the instance, the bare CUDA-devel-like image,
+RTT and a tbf rate on each instance's host-side veth), each contender on its own fresh instance, `repetitions` times,
+interleaved (the order rotates each repetition), medians reported:
 
-1. guide: the operator guide's Step 2 replayed as scripted shell over SSH: Terminal 1 scp's the setup script
-   and runs it (Rust from the local world's download server, as the guide's rustup download comes from
-   static.rust-lang.org over the instance's own network; apt; git clone --depth 1; cargo build of codebook-init +
-   train-vfn), while Terminal 2
-   scp's the staging tar.gz, Stack Python and Stack Full (scp -r), one after another; after all uploads AND the
-   build: extract, move into place, the Step 3 checks, and Step 4's tmux with Phase 0.3 and stage 1 (the exact
-   command lines of group_vars, as target/release binaries, logs/phase03.log and logs/phase21_stage1.log);
-2. up cold: `volt-ansible up --yes` with a fresh HOME (the controller's build cache empty; repo_build_cache on,
-   so this campaign fills it);
-3. up warm: `volt-ansible up --yes` for a second campaign in the same project (same HOME, same fixture commit),
-   whose build is restored from that cache (the log says whether it was);
-4. `volt-ansible up --yes` again on the warm instance (ready, jobs done or running): its wall time and changed=N.
+1. literal: the operator guide's Step 2-4 as written (bench/ttg_guide.py);
+2. informed: the guide's commands and tools, three terminals in parallel, zero reaction time (bench/ttg_guide.py);
+3. up cold: `volt-ansible up --yes` with an empty build cache (a fresh HOME, repo_build_cache on);
+4. up warm: a second campaign of the same project: the build comes from that cache;
+5. floors, on one more fresh instance (bench/ttg_floors.py): toolchain + build alone, stage-1 data alone,
+   bootstrap packages + restoring the binaries alone. floor_cold = max(build, data); floor_warm = max(boot, data).
 
-t0 = when `volt-ansible provision --backend local` returns (sshd accepts the campaign key). "Started" = the first
-line of the job's log on the instance (a watcher polls it from inside the container every 0.1 s and reports the
-container's clock, which is the host's). Bytes = the host-side veth's tx counter (everything sent to the
-instance) from t0 to the end of the method (guide: its last command; up: up returned and its background data
-transfer finished).
+t0 = `volt-ansible provision` returned (sshd accepts the campaign key). GPU busy = the first training-step line of
+stage 1 (group_vars' volt_curriculum.log_patterns.progress, the real train-vfn's format) in its log, seen by a
+watcher inside the container. Bytes = the veth's tx counter (everything sent to the instance).
 
-The last line of output is one JSON object (guide_s, cold_s, warm_s, ratio_cold, ratio_warm, ... ).
+The last line of output is one JSON object: overhead_cold_s, overhead_warm_s, ratio_informed_cold,
+ratio_informed_warm, ratio_literal_cold, ratio_literal_warm and the raw medians (with --sweep: those of every point
+under "points", and the worst of each over the points at the top level).
 """
 
 from __future__ import annotations
@@ -38,12 +33,10 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -58,63 +51,22 @@ def _load(name: str, path: Path):
     return mod
 
 
-# bench/sync.py: the tc Link (shapes only the container's bridged veth), the JSONL generator, log/sh.
-# Loading it puts REPO and REPO/tests on sys.path and sets CONTAINERS_CONF.
+# bench/sync.py: the JSONL generator, log/sh. Loading it puts REPO and REPO/tests on sys.path, sets CONTAINERS_CONF.
 sync = _load("bench_sync", REPO / "bench" / "sync.py")
 
+import ttg_floors  # noqa: E402
+import ttg_guide  # noqa: E402
 import yaml  # noqa: E402
 from conftest import Project  # noqa: E402  (tests/conftest.py: the throwaway project the tests use)
 from ttg_instances import DEST, Watch, destroy, new_project, provision, publish  # noqa: E402
-from up_profile import build_span, by_role, cache_hit, first_start, playbook_log, playbook_total, slowest, task_times  # noqa: E402
+from up_profile import by_role, cache_hit, first_start, playbook_log, playbook_total, slowest, task_times  # noqa: E402
 
-from volt_ansible import datasync  # noqa: E402
+from volt_ansible import buildcache, datasync  # noqa: E402
 from volt_ansible.local.double import LocalVast  # noqa: E402
-from volt_ansible.local.toolchain import ensure_archive as toolchain_archive  # noqa: E402
 
 argv_of = _load("training_tmux_filters", REPO / "roles/training_tmux/filter_plugins/training_tmux.py").training_tmux_argv
-
 log = sync.log
-STACK_FULL_FILES = 4
-
-
-# ---------------------------------------------------------------------------------------------
-# the guide
-
-
-SETUP = """#!/usr/bin/env bash
-# The guide's cloud_setup.sh (Pre-Flight step 4), on the local world: Rust is downloaded and unpacked from the
-# world's download server (the guide's curl | sh rustup: the instance's own network, not the operator's uplink),
-# the repository is the world's. Marks (epoch seconds) time each step.
-set -euo pipefail
-mark() {{ echo "guide-mark $1 $(date +%s.%N)"; }}
-mark start
-echo "=== [1/5] Installing Rust toolchain ==="
-# the stand-in for rustup's download is a .tar.zst: an image like nvidia/cuda:*-devel has no zstd (rustup needs only curl)
-command -v zstd >/dev/null || {{ apt-get update -qq && apt-get install -y -qq --no-install-recommends zstd > /dev/null 2>&1; }}
-mkdir -p {prefix}
-zstd -dcq {archive} | tar -xf - -C {prefix}
-export PATH={prefix}/bin:$PATH
-echo "Rust version: $(rustc --version)"
-mark rust
-echo "=== [2/5] Installing system dependencies ==="
-apt-get update -qq && apt-get install -y -qq build-essential pkg-config libssl-dev git tmux > /dev/null 2>&1  # tmux: Step 4 (the image has none)
-echo "System deps installed."
-mark apt
-echo "=== [3/5] Cloning repository ==="
-git clone -q --depth 1 {repo} ~/volt-x
-echo "Repo cloned."
-mark clone
-echo "=== [4/5] Creating directory structure ==="
-mkdir -p ~/volt-x/checkpoints ~/volt-x/data ~/volt-x/logs
-echo "=== [5/5] Building training binaries ==="
-cd ~/volt-x
-export VOLT_FIXTURE_BUILD_DELAY_MS={delay_ms}
-cargo build --release -p volt-learn --features vfn-training \\
-  --bin codebook-init --bin train-vfn 2>&1 | tail -5
-mark build
-echo "  BUILD COMPLETE"
-ls -lh target/release/codebook-init target/release/train-vfn
-"""
+CONFIG = REPO / "bench" / "ttg.yml"
 
 
 def job_commands(spec: dict) -> dict[str, dict]:
@@ -128,124 +80,6 @@ def job_commands(spec: dict) -> dict[str, dict]:
     }
 
 
-def finish_script(staging: list[str], jobs: dict[str, dict]) -> str:
-    """Step 2's end (after ALL uploads: extract, move into place), Step 3's checks, Step 4's tmux."""
-    data = " ".join(f"data/{Path(n).name}" for n in staging if n.startswith("data/"))
-
-    def pane(name: str) -> str:
-        j = jobs[name]  # the guide's `... 2>&1 | tee logs/<log>`, with a first line written before exec
-        return (f"cd ~/volt-x && {{ echo \"volt-job: $(date -u +%FT%TZ) start {name} (guide)\"; exec {shlex.join(j['argv'])}; }} "
-                f"2>&1 | tee {shlex.quote(j['log'])}")
-
-    stage1 = next(n for n in jobs if n != "phase03")
-    return f"""set -e
-cd /root
-ls -lh /root/VoltStaging.tar.gz
-tar -xzf VoltStaging.tar.gz
-mkdir -p ~/volt-x/checkpoints ~/volt-x/data
-cp /root/VoltStaging/checkpoints/* ~/volt-x/checkpoints/
-cp /root/VoltStaging/data/*        ~/volt-x/data/
-mv /root/python_sample.jsonl ~/volt-x/data/python_sample.jsonl
-mv /root/the_stack_full ~/volt-x/data/the_stack_full
-echo "All files in place:"
-ls -lh ~/volt-x/checkpoints/
-ls -lh ~/volt-x/data/
-du -sh ~/volt-x/data/
-cd ~/volt-x
-ls -lh target/release/codebook-init target/release/train-vfn
-nvidia-smi
-ls -lh checkpoints/
-ls -lh {data}
-ls -lh data/python_sample.jsonl
-ls -lh data/the_stack_full/
-du -sh data/
-echo "All checks passed. Ready to train."
-apt-get install -y -qq tmux > /dev/null
-tmux new-session -d -s training
-tmux send-keys -t training {shlex.quote(pane('phase03'))} Enter
-tmux split-window -v -t training
-tmux send-keys -t training {shlex.quote(pane(stage1))} Enter
-"""
-
-
-def timed(argv: list[str], what: str, timeout: float = 900) -> tuple[float, str]:
-    t = time.time()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"guide: {what} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-600:]}")
-    return time.time() - t, proc.stdout
-
-
-def run_guide(p: Project, a, work: Path, staging_tgz: Path, staging: list[str], python_sample: Path, stack_full: Path,
-              jobs: dict[str, dict]) -> dict:
-    inst, t0, tx0 = provision(p, a.rate_mbit, a.rtt_ms)
-    res: dict = {}
-    watches: list[Watch] = []
-    try:
-        archive = inst.host_vars["rust_toolchain_archive"].removeprefix("file://")  # what `up` downloads, on the instance
-        setup = work / "cloud_setup.sh"
-        setup.write_text(SETUP.format(prefix="/opt/rust", archive=shlex.quote(archive), repo=inst.host_vars["repo_build_repo"],
-                                      delay_ms=a.build_delay_ms))
-        w_s1, w_p3 = Watch(inst, f"{DEST}/{jobs['stage1']['log']}"), Watch(inst, f"{DEST}/{jobs['phase03']['log']}")
-        watches += [w_s1, w_p3]
-        start = time.time()
-        out: dict = {}
-
-        def terminal1() -> None:  # scp the setup script, then run it
-            try:
-                out["t1_scp_script_s"], _ = timed([*inst.scp, str(setup), inst.dst("/root/")], "scp cloud_setup.sh")
-                _, text = timed([*inst.ssh, "chmod +x /root/cloud_setup.sh && /root/cloud_setup.sh"], "cloud_setup.sh")
-                out["marks"] = {m.group(1): float(m.group(2)) for m in re.finditer(r"^guide-mark (\S+) (\S+)$", text, re.M)}
-                out["build_end"] = time.time()
-            except Exception as e:  # reported below
-                out["error1"] = str(e)
-
-        def terminal2() -> None:  # the three uploads, one after another
-            try:
-                out["t2_tgz_s"], _ = timed([*inst.scp, str(staging_tgz), inst.dst("/root/")], "scp VoltStaging.tar.gz")
-                out["t2_python_sample_s"], _ = timed([*inst.scp, str(python_sample), inst.dst("/root/python_sample.jsonl")],
-                                                     "scp python_sample.jsonl")
-                out["t2_stack_full_s"], _ = timed([*inst.scp, "-r", str(stack_full), inst.dst("/root/the_stack_full")], "scp -r the_stack_full")
-                out["upload_end"] = time.time()
-            except Exception as e:
-                out["error2"] = str(e)
-
-        threads = [threading.Thread(target=terminal1), threading.Thread(target=terminal2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if "error1" in out or "error2" in out:
-            raise SystemExit(f"bench: {out.get('error1') or out.get('error2')}")
-        both = time.time()
-        finish_s, _ = timed([*inst.ssh, finish_script(staging, jobs)], "extract, checks, tmux")
-        done = time.time()
-        s1, p3 = w_s1.wait(60), w_p3.wait(60)
-        if s1 is None or p3 is None:
-            raise SystemExit(f"bench: the guide's jobs did not start (stage1 {s1}, phase03 {p3}); tmux shows:\n"
-                             + inst.exec("tmux capture-pane -p -t training 2>&1 | tail -20"))
-        marks = out["marks"]
-        res = {
-            "stage1_s": s1 - t0, "phase03_s": p3 - t0, "start_after_t0_s": start - t0,
-            "build_s": out["build_end"] - start, "upload_s": out["upload_end"] - start, "both_done_s": both - t0, "finish_s": finish_s,
-            "unpack_s": marks["rust"] - marks["start"], "apt_s": marks["apt"] - marks["rust"],
-            "clone_s": marks["clone"] - marks["apt"],
-            "cargo_s": marks["build"] - marks["clone"], "tgz_s": out["t2_tgz_s"], "python_sample_s": out["t2_python_sample_s"],
-            "stack_full_s": out["t2_stack_full_s"], "stage1_bytes": w_s1.bytes - tx0, "bytes": inst.link.tx_bytes() - tx0,
-            "end_s": done - t0,
-            "heads": inst.exec(f"cd {DEST} && head -n 2 {jobs['stage1']['log']} {jobs['phase03']['log']}"),
-        }
-    finally:
-        for w in watches:
-            w.stop()
-        destroy(p, inst)
-    return res
-
-
-# ---------------------------------------------------------------------------------------------
-# volt-ansible up
-
-
 def up_env(a) -> dict[str, str]:
     env = {"COLUMNS": "200"}
     if not a.no_profile_tasks:  # per-task times in .volt/logs/*-up.log (a callback that only prints)
@@ -253,47 +87,37 @@ def up_env(a) -> dict[str, str]:
     return env
 
 
-def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
-    inst, t0, tx0 = provision(p, a.rate_mbit, a.rtt_ms)
-    res: dict = {}
+def run_up(p: Project, cfg: dict, a, label: str, step_re: str, rerun: bool = False) -> dict:
+    inst, t0, tx0 = provision(p, cfg["rate_mbit"], cfg["rtt_ms"], cfg["image"])
     watches: list[Watch] = []
     try:
         lay = job_commands(yaml.safe_load((p.root / "group_vars/all.yml").read_text()))
-        w_s1, w_p3 = Watch(inst, f"{DEST}/{lay['stage1']['log']}"), Watch(inst, f"{DEST}/{lay['phase03']['log']}")
+        s1 = ttg_guide.stage1_name(lay)
+        w_s1, w_p3 = Watch(inst, f"{DEST}/{lay[s1]['log']}", step_re), Watch(inst, f"{DEST}/{lay['phase03']['log']}")
         watches += [w_s1, w_p3]
         start = time.time()
         proc = p.cli("up", "--yes", check=False, timeout=a.up_timeout_s, **up_env(a))
         up_s = time.time() - start
         if proc.returncode != 0:
             raise SystemExit(f"bench: up ({label}) failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        s1, p3 = w_s1.wait(60), w_p3.wait(120)
-        if s1 is None or p3 is None:
-            raise SystemExit(f"bench: up ({label}) returned but its jobs did not start (stage1 {s1}, phase03 {p3})")
+        t_s1, t_p3 = w_s1.wait(120), w_p3.wait(300)
+        if t_s1 is None or t_p3 is None:
+            raise SystemExit(f"bench: up ({label}) returned but its jobs did not start (stage1 {t_s1}, phase03 {t_p3})")
         status = p.volt_dir / "data-sync" / f"volt-{inst.id}.json"  # the background transfer: count its bytes too
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline and status.exists() and json.loads(status.read_text()).get("state") == "running":
             time.sleep(0.5)
         text = playbook_log(proc.stdout).read_text() if playbook_log(proc.stdout) else ""
         times = task_times(text)
         launch = first_start(times, "training_tmux : Start each job")
-        changed = re.search(r"up ok: changed=(\d+)", proc.stdout)
-        build = inst.exec(f"grep '^volt-build:' {DEST}/logs/build.log 2>/dev/null")
-        stamps = re.findall(r"volt-build: (\S+) (start|done)", build)
         res = {
-            "stage1_s": s1 - t0, "phase03_s": p3 - t0, "start_after_t0_s": start - t0, "up_wall_s": up_s,
-            "stage1_bytes": w_s1.bytes - tx0, "bytes": inst.link.tx_bytes() - tx0, "changed": int(changed.group(1)) if changed else None,
-            "cache_hit": cache_hit(text), "slowest": slowest(times, a.top), "log": str(playbook_log(proc.stdout)),
+            "stage1_s": t_s1 - t0, "phase03_s": t_p3 - t0, "up_wall_s": up_s, "stage1_bytes": w_s1.bytes - tx0,
+            "bytes": inst.link.tx_bytes() - tx0, "cache_hit": cache_hit(text), "slowest": slowest(times, a.top),
             "playbook_s": playbook_total(text), "stage1_launch_at": launch, "roles_to_stage1": by_role(times, launch),
-            "build_started_at": first_start(times, "repo_build : Start cargo build") or first_start(times, "repo_build : Restore the cached"),
-            "toolchain_s": round(sum(d for n, _, d in times if n.startswith("rust_toolchain : ")), 1),
-            "build_log": [s for s, _ in stamps],
-            "exec_lines": inst.exec(f"cd {DEST} && grep -h '^volt-job: .* exec ' {lay['stage1']['log']} {lay['phase03']['log']}"),
         }
-        if rerun:
-            deadline = time.time() + a.settle_s  # let the jobs finish: on this machine they share the controller's 2 cores
-            while time.time() < deadline and set(inst.job_states().values()) & {"running", "waiting", "queued"}:
-                time.sleep(2)
-            res["rerun_job_states"] = inst.job_states()
+        execs = inst.exec(f"cd {DEST} && grep -h '^volt-job: .* exec ' {lay[s1]['log']} {lay['phase03']['log']}")
+        res["same_command_lines"] = all(" ".join(j["argv"]) in execs for j in lay.values())  # the guide's contenders run these
+        if rerun:  # `up` again on the ready instance, its jobs running: nothing to change
             t = time.time()
             again = p.cli("up", "--yes", check=False, timeout=300, **up_env(a))
             res["rerun_s"] = time.time() - t
@@ -301,164 +125,209 @@ def run_up(p: Project, a, label: str, rerun: bool = False) -> dict:
                 raise SystemExit(f"bench: the rerun of up failed ({again.returncode}):\n{again.stdout[-3000:]}\n{again.stderr[-3000:]}")
             m = re.search(r"up ok: changed=(\d+)", again.stdout)
             res["rerun_changed"] = int(m.group(1)) if m else None
-            rlog = playbook_log(again.stdout)
-            rtext = rlog.read_text() if rlog else ""
-            res["rerun_slowest"] = slowest(task_times(rtext), a.top)
-            res["rerun_playbook_s"] = playbook_total(rtext)
-            res["rerun_roles"] = by_role(task_times(rtext))
-            res["rerun_log"] = str(rlog)
+        return res
     finally:
         for w in watches:
             w.stop()
         destroy(p, inst)
-    return res
 
 
-# ---------------------------------------------------------------------------------------------
+class Data:
+    """Made once, before anything is rented (not timed): Stack Python, the guide's staging tar.gz, stage 1's files."""
+
+    def __init__(self, work: Path, stack_python_mb: float):
+        self.work = work
+        self.python_sample = work / "VoltData" / sync.make_data.STACK_PYTHON
+        log(f"making the data: Stack Python {stack_python_mb:g} MB (Stack Full: sent by no contender)")
+        sync.make_data.write_jsonl(self.python_sample, int(stack_python_mb * 1e6), offset=1000)
+
+    def stage(self, p: Project) -> None:
+        """The project's data root (the local world's), the guide's staging tree + tar.gz and stage 1's input tree."""
+        self.vroot = publish(p, self.python_sample)
+        spec = yaml.safe_load((p.root / "group_vars/all.yml").read_text())
+        staging_dir, self.stage1_dir, self.staging = self.work / "VoltStaging", self.work / "stage1", []
+        stage1 = spec["volt_curriculum"]["stages"][0]["name"]
+        for it in spec["volt_data"]["items"]:
+            if not it["enabled"] or it["name"] == "python_sample":
+                continue
+            rel = ("checkpoints/" if it["dest"].startswith("checkpoints/") else "data/") + Path(it["src"]).name
+            (staging_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self.vroot / it["src"], staging_dir / rel)
+            self.staging.append(rel)
+            if stage1 in it["jobs"]:
+                (self.stage1_dir / it["dest"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.vroot / it["src"], self.stage1_dir / it["dest"])
+        self.staging_tgz = self.work / "VoltStaging.tar.gz"
+        sync.sh(["tar", "-czf", str(self.staging_tgz), "-C", str(self.work), "VoltStaging"])
+
+
+def med(values: list[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
+def spread(values: list[float]) -> list[float]:
+    return [round(min(values), 1), round(max(values), 1)]
+
+
+def run_point(cfg: dict, a, work: Path, data: Data, step_re: str) -> dict:
+    """Every contender `repetitions` times at one (rate, build) point, interleaved; medians and spreads."""
+    runs: dict[str, list[dict]] = {k: [] for k in ("literal", "informed", "cold", "warm", "floors")}
+    rerun: dict = {}
+    for rep in range(cfg["repetitions"]):
+        repetition(cfg, a, work / f"r{cfg['rate_mbit']:g}-b{cfg['build_s']:g}-{rep}", data, step_re, rep, runs, rerun)
+        r = {k: round(v[-1]["stage1_s"], 1) for k, v in runs.items() if k != "floors"}
+        f = runs["floors"][-1]
+        log(f"  -> stage 1 training after: {r}; floors: build {f['build_s']:.1f}, data {f['data_s']:.1f}, boot {f['boot_s']:.1f}")
+    return summarize(cfg, runs, rerun)
+
+
+def repetition(cfg: dict, a, base: Path, data: Data, step_re: str, rep: int, runs: dict[str, list[dict]], rerun: dict) -> None:
+    """One run of each contender, in an order that rotates with rep; then the floors."""
+    guide_p, camp_p, floor_p = (new_project(base / n) for n in ("guide", "campaign", "floors"))
+    try:
+        data.stage(guide_p)
+        publish(camp_p, data.python_sample)
+        publish(floor_p, data.python_sample)
+        camp_p.spec(repo_build_cache=True, repo_build_env={"VOLT_FIXTURE_BUILD_DELAY_MS": str(int(cfg["build_s"] * 1000))})
+        datasync.check(camp_p.root / "group_vars/all.yml", camp_p.volt_dir,
+                       local_root=camp_p.volt_dir / "local" / "data" / "VoltData")  # the operator ran `check` before renting
+        jobs = job_commands(yaml.safe_load((camp_p.root / "group_vars/all.yml").read_text()))
+        last = rep == cfg["repetitions"] - 1
+
+        def literal() -> None:
+            runs["literal"].append(ttg_guide.run(guide_p, cfg, False, base, data.staging_tgz, data.staging, data.python_sample,
+                                                 jobs, step_re))
+
+        def informed() -> None:
+            runs["informed"].append(ttg_guide.run(guide_p, cfg, True, base, data.staging_tgz, data.staging, data.python_sample,
+                                                  jobs, step_re))
+
+        def up_pair() -> None:  # warm is the second campaign of the project whose cold run filled the build cache
+            runs["cold"].append(run_up(camp_p, cfg, a, "cold", step_re))
+            runs["warm"].append(run_up(camp_p, cfg, a, "warm", step_re, rerun=last))
+            if last:
+                rerun.update(s=runs["warm"][-1]["rerun_s"], changed=runs["warm"][-1]["rerun_changed"])
+
+        order = [literal, informed, up_pair]
+        for fn in order[rep % 3:] + order[:rep % 3]:
+            log(f"  rate {cfg['rate_mbit']:g} Mbit, build {cfg['build_s']:g} s, repetition {rep + 1}: {fn.__name__}")
+            fn()
+        # the warm floor restores the binaries this repetition's cold `up` built (its build cache entry)
+        cache = Path(camp_p.home) / ".cache" / "volt-ansible" / "builds"
+        entries = [e for e in buildcache.entries(cache) if not e.problem]
+        if not entries:
+            raise SystemExit(f"bench: no entry in {cache} (the up project's build cache) for the warm floor")
+        log(f"  rate {cfg['rate_mbit']:g} Mbit, build {cfg['build_s']:g} s, repetition {rep + 1}: floors")
+        runs["floors"].append(ttg_floors.run(floor_p, cfg, data.stage1_dir, buildcache.archive_path(cache, entries[0].key)))
+    finally:
+        for p in (guide_p, camp_p, floor_p):
+            cleanup(p, a.keep)
+
+
+def summarize(cfg: dict, runs: dict[str, list[dict]], rerun: dict) -> dict:
+    s1 = {k: [r["stage1_s"] for r in v] for k, v in runs.items() if k != "floors"}
+    fl = {k: [r[k] for r in runs["floors"]] for k in ("floor_cold_s", "floor_warm_s", "build_s", "data_s", "boot_s", "boot_apt_s")}
+    m = {k: med(v) for k, v in s1.items()}
+    fc, fw = med(fl["floor_cold_s"]), med(fl["floor_warm_s"])
+    cold, warm = runs["cold"], runs["warm"]
+    mid = lambda rs: sorted(rs, key=lambda r: r["stage1_s"])[len(rs) // 2]  # noqa: E731  (the median run's profile)
+    return {
+        "rate_mbit": cfg["rate_mbit"], "build_s": cfg["build_s"], "rtt_ms": cfg["rtt_ms"], "repetitions": cfg["repetitions"],
+        "overhead_cold_s": round(m["cold"] - fc, 1), "overhead_warm_s": round(m["warm"] - fw, 1),
+        "ratio_informed_cold": round(m["informed"] / m["cold"], 2), "ratio_informed_warm": round(m["informed"] / m["warm"], 2),
+        "ratio_literal_cold": round(m["literal"] / m["cold"], 2), "ratio_literal_warm": round(m["literal"] / m["warm"], 2),
+        "literal_s": m["literal"], "informed_s": m["informed"], "cold_s": m["cold"], "warm_s": m["warm"],
+        "floor_cold_s": fc, "floor_warm_s": fw, "floor_build_s": med(fl["build_s"]), "floor_data_s": med(fl["data_s"]),
+        "floor_boot_s": med(fl["boot_s"]), "floor_boot_apt_s": med(fl["boot_apt_s"]),
+        "spread_s": {**{k: spread(v) for k, v in s1.items()}, "floor_cold": spread(fl["floor_cold_s"]), "floor_warm": spread(fl["floor_warm_s"])},
+        "phase03_s": {k: med([r["phase03_s"] for r in v]) for k, v in runs.items() if k != "floors"},
+        "MB_sent": {k: round(statistics.median([r["bytes"] for r in v]) / 1e6, 1) for k, v in runs.items() if k != "floors"},
+        "MB_sent_by_stage1": {k: round(statistics.median([r["stage1_bytes"] for r in v]) / 1e6, 1) for k, v in runs.items() if k != "floors"},
+        "guide_steps_s": {k: med([r[k] for r in runs["literal"]]) for k in ("unpack_s", "apt_s", "clone_s", "cargo_s", "tgz_s", "python_sample_s")},
+        "warm_cache_hit": all(r["cache_hit"] for r in warm), "rerun_s": round(rerun.get("s", 0), 1), "rerun_changed": rerun.get("changed"),
+        "cold_roles_to_stage1_s": mid(cold)["roles_to_stage1"], "warm_roles_to_stage1_s": mid(warm)["roles_to_stage1"],
+        "cold_slowest": mid(cold)["slowest"], "warm_slowest": mid(warm)["slowest"],
+        "cold_up_wall_s": med([r["up_wall_s"] for r in cold]), "warm_up_wall_s": med([r["up_wall_s"] for r in warm]),
+        "same_command_lines": all(r["same_command_lines"] for r in cold + warm),
+    }
+
+
+def cleanup(p: Project, keep: bool) -> None:
+    if (p.volt_dir / "state.json").exists() and p.state().get("instance"):
+        p.cli("destroy", "--yes", "--force", check=False, timeout=120)
+    if (p.volt_dir / "local").exists():
+        LocalVast(p.volt_dir / "local").clean()
+    if not keep:
+        shutil.rmtree(p.home, ignore_errors=True)
+
+
+WORST = {"overhead_cold_s": max, "overhead_warm_s": max, "ratio_informed_cold": min, "ratio_informed_warm": min,
+         "ratio_literal_cold": min, "ratio_literal_warm": min}
+GOALS = {"overhead_cold_s": ("<=", 10), "overhead_warm_s": ("<=", 10), "ratio_informed_cold": (">=", 1.0), "ratio_informed_warm": (">=", 5)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate-mbit", type=float, default=50.0, help="tbf rate on each instance's veth (default 50)")
-    ap.add_argument("--rtt-ms", type=float, default=80.0, help="each instance's round-trip time (default 80; a real one: 20-150)")
-    ap.add_argument("--build-delay-ms", type=int, default=100000,
-                    help="VOLT_FIXTURE_BUILD_DELAY_MS of every build (default 100000: cargo ~90%% of Terminal 1, as in the guide)")
-    ap.add_argument("--stack-python-mb", type=float, default=480.0, help="Stack Python JSONL (default 480; the guide: 50 GB)")
-    ap.add_argument("--stack-full-mb", type=float, default=1150.0, help="Stack Full, 4 JSONL files (default 1150; the guide: 120 GB)")
-    ap.add_argument("--settle-s", type=float, default=150.0, help="before the rerun, wait this long at most for the jobs to finish")
-    ap.add_argument("--up-timeout-s", type=float, default=600.0)
+    ap.add_argument("--config", type=Path, default=CONFIG, help="frozen defaults (default bench/ttg.yml)")
+    ap.add_argument("--sweep", action="store_true", help="every point of the config's sweep grid (rate x build)")
+    ap.add_argument("--repetitions", type=int, help="override the config's repetitions (a quick look; the figure says so)")
+    ap.add_argument("--up-timeout-s", type=float, default=900.0)
     ap.add_argument("--top", type=int, default=8, help="slowest tasks shown per up run")
     ap.add_argument("--no-profile-tasks", action="store_true", help="do not enable the profile_tasks callback in up's runs")
     ap.add_argument("--keep", action="store_true", help="keep the work dir, the project dirs and their logs")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("tc"):
         raise SystemExit("bench: run as root with tc (iproute2): it shapes the instance containers' veths")
-
+    cfg = yaml.safe_load(a.config.read_text())
+    if a.repetitions:
+        cfg["repetitions"] = a.repetitions
+    points = ([{**cfg, "rate_mbit": r, "build_s": b} for r in cfg["sweep"]["rate_mbit"] for b in cfg["sweep"]["build_s"]]
+              if a.sweep else [cfg])
+    spec = yaml.safe_load((REPO / "group_vars/all.yml").read_text())
+    step_re = spec["volt_curriculum"]["log_patterns"]["progress"]
+    commit = os.popen(f"git -C {REPO} log -1 --format=%h -- {a.config}").read().strip()
     wall0, load0 = time.time(), round(os.getloadavg()[0], 2)
     work = Path(tempfile.mkdtemp(prefix="volt-ttg-", dir="/tmp"))
-    projects: list[Project] = []
-    out: dict = {}
+    results = []
     try:
-        # Pre-flight, before renting (not timed): the data, the guide's staging tar.gz, the up projects' digests.
-        data = work / "VoltData"
-        python_sample = data / sync.make_data.STACK_PYTHON
-        stack_full = data / sync.make_data.STACK_FULL
-        log(f"making the data: Stack Python {a.stack_python_mb:g} MB, Stack Full {a.stack_full_mb:g} MB in {STACK_FULL_FILES} files")
-        sync.make_data.write_jsonl(python_sample, int(a.stack_python_mb * 1e6), offset=1000)
-        for k in range(STACK_FULL_FILES):
-            sync.make_data.write_jsonl(stack_full / f"lang_{k}.jsonl", int(a.stack_full_mb * 1e6 / STACK_FULL_FILES), offset=3000 + 400 * k)
-        stack_full_bytes = sum(f.stat().st_size for f in stack_full.iterdir())
-
-        guide_p = new_project(work / "guide")
-        camp_p = new_project(work / "campaign")  # cold, then warm: a second campaign of the same project
-        projects += [guide_p, camp_p]
-        camp_p.spec(repo_build_cache=True, repo_build_env={"VOLT_FIXTURE_BUILD_DELAY_MS": str(a.build_delay_ms)})
-        spec = yaml.safe_load((camp_p.root / "group_vars/all.yml").read_text())
-        jobs = job_commands(spec)
-        publish(guide_p, python_sample)
-        vroot = publish(camp_p, python_sample)
-        report = datasync.check(camp_p.root / "group_vars/all.yml", camp_p.volt_dir, local_root=vroot)  # = `volt-ansible check`
-        staging_dir = work / "VoltStaging"  # the guide's Pre-Flight step 1: checkpoints + the small JSONL
-        staging = []
-        for it in spec["volt_data"]["items"]:
-            if it["enabled"] and it["name"] != "python_sample":
-                rel = ("checkpoints/" if it["dest"].startswith("checkpoints/") else "data/") + Path(it["src"]).name
-                (staging_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(vroot / it["src"], staging_dir / rel)
-                staging.append(rel)
-        staging_tgz = work / "VoltStaging.tar.gz"
-        sync.sh(["tar", "-czf", str(staging_tgz), "-C", str(work), "VoltStaging"])
-        toolchain_bytes = toolchain_archive().stat().st_size
-        log(f"data: Stack Python {datasync.human(python_sample.stat().st_size)}, Stack Full {datasync.human(stack_full_bytes)}, "
-            f"staging tar.gz {datasync.human(staging_tgz.stat().st_size)}; Rust archive {datasync.human(toolchain_bytes)}; "
-            f"pre-flight hashed {datasync.human(report.hashed_bytes)}; link {a.rate_mbit:g} Mbit/s, RTT {a.rtt_ms:g} ms; "
-            f"build delay {a.build_delay_ms} ms")
-
-        log("1/4 guide: Terminal 1 (scp the setup script, run it: Rust download, apt, clone, cargo) || "
-            "Terminal 2 (scp tar.gz, python_sample, -r the_stack_full); then extract, checks, tmux")
-        g = run_guide(guide_p, a, work, staging_tgz, staging, python_sample, stack_full, jobs)
-        log(f"  stage1 after {g['stage1_s']:.1f}s, phase03 {g['phase03_s']:.1f}s; build (Terminal 1) {g['build_s']:.1f}s "
-            f"[Rust download+unpack {g['unpack_s']:.1f} + apt {g['apt_s']:.1f} + clone {g['clone_s']:.1f} + "
-            f"cargo {g['cargo_s']:.1f}], "
-            f"uploads (Terminal 2) {g['upload_s']:.1f}s [tgz {g['tgz_s']:.1f} + python_sample {g['python_sample_s']:.1f} + "
-            f"stack_full {g['stack_full_s']:.1f}], extract..tmux {g['finish_s']:.1f}s")
-
-        builds = Path(camp_p.home) / ".cache" / "volt-ansible" / "builds"
-        log(f"2/4 up cold (HOME {camp_p.home}: build cache {builds} empty, repo_build_cache on)")
-        cold = run_up(camp_p, a, "cold")
-        cached = sorted(p.name for p in builds.glob("*")) if builds.is_dir() else []
-        log(f"  stage1 after {cold['stage1_s']:.1f}s, phase03 {cold['phase03_s']:.1f}s, up returned after {cold['up_wall_s']:.1f}s; "
-            f"build cache now: {cached or 'EMPTY'}")
-
-        log("3/4 up warm (second campaign, same project and HOME: the build comes from the cache)")
-        warm = run_up(camp_p, a, "warm", rerun=True)
-        log(f"  stage1 after {warm['stage1_s']:.1f}s, phase03 {warm['phase03_s']:.1f}s; cache hit: {warm['cache_hit']}")
-        log(f"4/4 rerun on the warm instance (jobs: {warm['rerun_job_states']}): {warm['rerun_s']:.1f}s, changed={warm['rerun_changed']}")
-
-        same_cmds = all(" ".join(j["argv"]) in cold["exec_lines"] for j in jobs.values())
-        r = 3
-        out = {
-            "guide_s": round(g["stage1_s"], 1), "cold_s": round(cold["stage1_s"], 1), "warm_s": round(warm["stage1_s"], 1),
-            "ratio_cold": round(g["stage1_s"] / cold["stage1_s"], 2), "ratio_warm": round(g["stage1_s"] / warm["stage1_s"], 2),
-            "guide_phase03_s": round(g["phase03_s"], 1), "cold_phase03_s": round(cold["phase03_s"], 1),
-            "warm_phase03_s": round(warm["phase03_s"], 1),
-            "guide_bytes": g["bytes"], "cold_bytes": cold["bytes"], "warm_bytes": warm["bytes"],
-            "rerun_s": round(warm["rerun_s"], 1), "rerun_changed": warm["rerun_changed"],
-            "guide_build_s": round(g["build_s"], 1), "guide_upload_s": round(g["upload_s"], 1),
-            "upload_vs_build": round(g["upload_s"] / g["build_s"], 2), "rate_mbit": a.rate_mbit, "rtt_ms": a.rtt_ms,
-            "warm_cache_hit": warm["cache_hit"],
-            "guide_stage1_bytes": g["stage1_bytes"], "cold_stage1_bytes": cold["stage1_bytes"], "warm_stage1_bytes": warm["stage1_bytes"],
-            "cold_up_wall_s": round(cold["up_wall_s"], 1), "warm_up_wall_s": round(warm["up_wall_s"], 1),
-            "rerun_playbook_s": warm["rerun_playbook_s"], "cold_changed": cold["changed"], "warm_changed": warm["changed"],
-            "guide_steps_s": {k: round(g[k], r) for k in ("unpack_s", "apt_s", "clone_s", "cargo_s", "tgz_s", "python_sample_s",
-                                                           "stack_full_s", "finish_s")},
-            "guide_upload_MBps": round((staging_tgz.stat().st_size + python_sample.stat().st_size + stack_full_bytes) / g["upload_s"] / 1e6, 2),
-            "build_delay_ms": a.build_delay_ms, "stack_python_bytes": python_sample.stat().st_size, "stack_full_bytes": stack_full_bytes,
-            "toolchain_bytes": toolchain_bytes, "same_command_lines": same_cmds, "build_cache_files": cached,
-            "cold_roles_to_stage1_s": cold["roles_to_stage1"], "warm_roles_to_stage1_s": warm["roles_to_stage1"],
-            "cold_compile_s": build_span(cold["build_log"]), "cold_toolchain_s": cold["toolchain_s"], "warm_toolchain_s": warm["toolchain_s"],
-            "cold_slowest": cold["slowest"][:3], "warm_slowest": warm["slowest"][:3], "rerun_slowest": warm["rerun_slowest"][:3],
-            "loadavg_1m_start_end": [load0, round(os.getloadavg()[0], 2)], "bench_wall_s": round(time.time() - wall0, 1),
-        }
-        print_table(out, g, cold, warm, a)
+        data = Data(work, cfg["stack_python_mb"])
+        for pt in points:
+            log(f"point: link {pt['rate_mbit']:g} Mbit/s, RTT {pt['rtt_ms']:g} ms, build {pt['build_s']:g} s, "
+                f"{pt['repetitions']} repetition(s), image {pt['image']}")
+            results.append(run_point(pt, a, work, data, step_re))
+            print_point(results[-1])
     finally:
-        for p in projects:
-            if (p.volt_dir / "state.json").exists() and p.state().get("instance"):
-                p.cli("destroy", "--yes", "--force", check=False, timeout=120)
-            if (p.volt_dir / "local").exists():
-                LocalVast(p.volt_dir / "local").clean()
-            if not a.keep:
-                shutil.rmtree(p.home, ignore_errors=True)
         if a.keep:
-            log(f"kept {work} (projects: guide/, campaign/; playbook logs in campaign/.volt/logs)")
+            log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    out = dict(results[0]) if not a.sweep else {k: f(r[k] for r in results) for k, f in WORST.items()}
+    if a.sweep:
+        out["points"] = results
+    out["goals_met"] = {k: (out[k] <= v if op == "<=" else out[k] >= v) for k, (op, v) in GOALS.items()}
+    out.update(config=str(a.config.relative_to(REPO)) if a.config.is_relative_to(REPO) else str(a.config), config_commit=commit,
+               stack_python_mb=cfg["stack_python_mb"], loadavg_1m_start_end=[load0, round(os.getloadavg()[0], 2)],
+               bench_wall_s=round(time.time() - wall0, 1))
     print(json.dumps(out))
     return 0
 
 
-def print_table(o: dict, g: dict, cold: dict, warm: dict, a) -> None:
-    mb = 1e6
-    rows = [("guide (Step 2-4 scripted)", g, o["guide_bytes"]), ("up cold", cold, o["cold_bytes"]), ("up warm (build cache)", warm, o["warm_bytes"])]
+def print_point(r: dict) -> None:
     print()
-    print(f"link {a.rate_mbit:g} Mbit/s on each instance's veth, RTT {a.rtt_ms:g} ms; t0 = `volt-ansible provision` returned; seconds from t0")
-    print(f"{'method':<26} {'stage1 started':>14} {'phase03 started':>15} {'vs guide':>9} {'MB sent by stage1':>18} {'MB sent in all':>15}")
-    for name, r, total in rows:
-        print(f"{name:<26} {r['stage1_s']:>14.1f} {r['phase03_s']:>15.1f} {g['stage1_s'] / r['stage1_s']:>8.2f}x "
-              f"{r['stage1_bytes'] / mb:>18.1f} {total / mb:>15.1f}")
-    print(f"rerun of up on the warm instance: {o['rerun_s']:.1f} s wall (playbook {o['rerun_playbook_s']} s), changed={o['rerun_changed']}")
-    print(f"guide: build (Terminal 1) {o['guide_build_s']} s, uploads (Terminal 2) {o['guide_upload_s']} s, uploads/build {o['upload_vs_build']}; "
-          f"steps {o['guide_steps_s']}")
-    print(f"warm build cache hit: {o['warm_cache_hit']}; same job command lines as up: {o['same_command_lines']}")
-    for name, r in (("cold", cold), ("warm", warm)):
-        print(f"up {name}: up returned after {r['up_wall_s']:.1f} s (changed={r['changed']}); playbook {r['playbook_s']} s: build started at "
-              f"{r['build_started_at']} s (build.log {r['build_log'] or 'none: restored'}), rust_toolchain tasks {r['toolchain_s']} s, "
-              f"stage-1 launch task began at {r['stage1_launch_at']} s; task seconds per role before it: {r['roles_to_stage1']}; slowest tasks:")
-        for task, s in r["slowest"]:
-            print(f"    {s:7.2f} s  {task}")
-    print(f"rerun: task seconds per role: {warm['rerun_roles']}; slowest tasks:")
-    for task, s in warm["rerun_slowest"]:
-        print(f"    {s:7.2f} s  {task}")
+    print(f"link {r['rate_mbit']:g} Mbit/s, RTT {r['rtt_ms']:g} ms, build {r['build_s']:g} s; medians of {r['repetitions']} "
+          "(min-max); seconds from `provision` returned to stage 1's first training step")
+    print(f"{'contender':<22} {'stage 1 training':>17} {'min-max':>13} {'phase03 started':>15} {'MB sent':>9}")
+    for k, name in (("literal", "guide, literal"), ("informed", "informed operator"), ("cold", "up cold"), ("warm", "up warm")):
+        lo, hi = r["spread_s"][k]
+        print(f"{name:<22} {r[k + '_s']:>17.1f} {f'{lo:g}-{hi:g}':>13} {r['phase03_s'][k]:>15.1f} {r['MB_sent'][k]:>9.1f}")
+    for k, name in (("floor_cold", "floor cold"), ("floor_warm", "floor warm")):
+        lo, hi = r["spread_s"][k]
+        print(f"{name:<22} {r[k + '_s']:>17.1f} {f'{lo:g}-{hi:g}':>13}")
+    print(f"floors: build {r['floor_build_s']} s, stage-1 data {r['floor_data_s']} s, boot {r['floor_boot_s']} s (apt {r['floor_boot_apt_s']})")
+    print(f"overhead cold {r['overhead_cold_s']} s, warm {r['overhead_warm_s']} s; informed/up cold {r['ratio_informed_cold']}, "
+          f"informed/up warm {r['ratio_informed_warm']}; literal/up cold {r['ratio_literal_cold']}, warm {r['ratio_literal_warm']}")
+    print(f"up cold, task seconds per role before stage 1's launch: {r['cold_roles_to_stage1_s']}; slowest: {r['cold_slowest'][:4]}")
+    print(f"up warm, task seconds per role before stage 1's launch: {r['warm_roles_to_stage1_s']}; slowest: {r['warm_slowest'][:4]}")
     print()
 
 

@@ -66,11 +66,13 @@ class Instance:
 
 
 class Watch:
-    """Polls a file inside the container until it is non-empty; `at` is the container's clock then (= the host's)."""
+    """Polls a file inside the container until it is non-empty, or until a line of it matches `pattern` (a Perl regex,
+    grep -P); `at` is the container's clock then (= the host's)."""
 
-    def __init__(self, inst: Instance, path: str):
+    def __init__(self, inst: Instance, path: str, pattern: str | None = None):
         self.inst, self.at, self.bytes = inst, None, None
-        cmd = f"while [ ! -s {shlex.quote(path)} ]; do sleep 0.1; done; date +%s.%N"
+        until = f"grep -qaP {shlex.quote(pattern)} {shlex.quote(path)} 2>/dev/null" if pattern else f"[ -s {shlex.quote(path)} ]"
+        cmd = f"until {until}; do sleep 0.1; done; date +%s.%N"
         self.proc = subprocess.Popen([podman.require(), "exec", inst.container, "sh", "-c", cmd], env=podman.env(),
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         self.thread = threading.Thread(target=self._wait, daemon=True)
@@ -91,9 +93,9 @@ class Watch:
             self.proc.kill()
 
 
-def provision(p: Project, rate_mbit: float, rtt_ms: float) -> tuple[Instance, float, int]:
+def provision(p: Project, rate_mbit: float, rtt_ms: float, image: str = "bare") -> tuple[Instance, float, int]:
     """Rent the local instance rtt_ms away (volt_ansible/local/link.py: the same for the guide's way and the product's)."""
-    p.cli("provision", "--backend", "local", timeout=300, VOLT_LOCAL_RTT_MS=f"{rtt_ms:g}")
+    p.cli("provision", "--backend", "local", timeout=300, VOLT_LOCAL_RTT_MS=f"{rtt_ms:g}", VOLT_LOCAL_IMAGE=image)
     t0 = time.time()  # sshd accepts the campaign key: "instance running"
     inst = Instance(p, rate_mbit)
     return inst, t0, inst.link.tx_bytes()
