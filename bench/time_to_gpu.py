@@ -271,6 +271,7 @@ def main() -> int:
     ap.add_argument("--config", type=Path, default=CONFIG, help="frozen defaults (default bench/ttg.yml)")
     ap.add_argument("--sweep", action="store_true", help="every point of the config's sweep grid (rate x build)")
     ap.add_argument("--repetitions", type=int, help="override the config's repetitions (a quick look; the figure says so)")
+    ap.add_argument("--point", metavar="RATE,BUILD", help="one point of the sweep grid instead of the default (e.g. 1000,30)")
     ap.add_argument("--up-timeout-s", type=float, default=900.0)
     ap.add_argument("--top", type=int, default=8, help="slowest tasks shown per up run")
     ap.add_argument("--no-profile-tasks", action="store_true", help="do not enable the profile_tasks callback in up's runs")
@@ -281,8 +282,14 @@ def main() -> int:
     cfg = yaml.safe_load(a.config.read_text())
     if a.repetitions:
         cfg["repetitions"] = a.repetitions
-    points = ([{**cfg, "rate_mbit": r, "build_s": b} for r in cfg["sweep"]["rate_mbit"] for b in cfg["sweep"]["build_s"]]
-              if a.sweep else [cfg])
+    grid = [{**cfg, "rate_mbit": r, "build_s": b} for r in cfg["sweep"]["rate_mbit"] for b in cfg["sweep"]["build_s"]]
+    if a.point:
+        names = [f"{g['rate_mbit']:g},{g['build_s']:g}" for g in grid]
+        if a.point.replace(" ", "") not in names:
+            raise SystemExit(f"bench: --point {a.point!r} is not in the sweep grid: choose RATE,BUILD from {', '.join(names)}")
+        points = [grid[names.index(a.point.replace(" ", ""))]]
+    else:
+        points = grid if a.sweep else [cfg]
     spec = yaml.safe_load((REPO / "group_vars/all.yml").read_text())
     step_re = spec["volt_curriculum"]["log_patterns"]["progress"]
     commit = os.popen(f"git -C {REPO} log -1 --format=%h -- {a.config}").read().strip()
