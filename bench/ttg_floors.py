@@ -1,8 +1,8 @@
 """The physical floors of bench/time_to_gpu.py, measured on one fresh instance of the same image and link, each
 step alone (nothing else running on the instance or the link):
 
-- boot: the packages the product's bootstrap installs (roles/bootstrap's command set), one apt-get, then the two
-  binaries restored from the controller (scp, as the build cache's restore sends them);
+- boot: the packages the product's bootstrap installs (roles/bootstrap's command set), one apt-get, then the build
+  cache's entry for the binaries in one `ssh tar -xz` stream (what repo_build's restore sends);
 - data: stage 1's input files, one `tar | ssh tar -x` stream (no compression: the checkpoints are incompressible);
 - build: Rust (the same archive `up` unpacks) in parallel with the build packages' apt, then git clone + cargo build.
 
@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
-from ttg_instances import destroy, provision
+from ttg_instances import destroy, provision, timed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,14 +35,6 @@ def build_packages() -> list[str]:
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -qq -o Dpkg::Options::=--force-unsafe-io"
 
 
-def _run(argv: list[str], what: str, stdin=None, timeout: float = 1800) -> float:
-    t = time.time()
-    proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench: floor {what} failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-600:]}")
-    return time.time() - t
-
-
 def run(p, cfg, stage1_dir: Path, build_archive: Path) -> dict:
     """Seconds of each floor step; stage1_dir holds stage 1's inputs at their paths under ~/volt-x, build_archive is a
     build cache entry (the binaries and their stamp, what repo_build restores)."""
@@ -51,13 +42,14 @@ def run(p, cfg, stage1_dir: Path, build_archive: Path) -> dict:
     try:
         out = {}
         boot = f"apt-get update -qq && {APT} install -y --no-install-recommends {shlex.join(boot_packages())} >/dev/null"
-        out["boot_apt_s"] = _run([*inst.ssh, boot], "bootstrap packages")
+        out["boot_apt_s"], _ = timed([*inst.ssh, boot], "floor: bootstrap packages")
         with build_archive.open("rb") as f:
-            out["boot_restore_s"] = _run([*inst.ssh, "mkdir -p /root/floor && tar -xzf - -C /root/floor"], "restore the binaries", stdin=f)
+            out["boot_restore_s"], _ = timed([*inst.ssh, "mkdir -p /root/floor && tar -xzf - -C /root/floor"], "floor: restore the binaries",
+                                              stdin=f)
         out["boot_s"] = out["boot_apt_s"] + out["boot_restore_s"]
 
         with subprocess.Popen(["tar", "-cf", "-", "-C", str(stage1_dir), "."], stdout=subprocess.PIPE) as tar:
-            out["data_s"] = _run([*inst.ssh, "mkdir -p /root/floor && tar -xf - -C /root/floor"], "stage-1 data", stdin=tar.stdout)
+            out["data_s"], _ = timed([*inst.ssh, "mkdir -p /root/floor && tar -xf - -C /root/floor"], "floor: stage-1 data", stdin=tar.stdout)
 
         archive = inst.host_vars["rust_toolchain_archive"].removeprefix("file://")
         build = (f"set -e; mkdir -p /opt/rust; ( zstd -dcq {shlex.quote(archive)} | tar -xf - -C /opt/rust ) & rust=$!; "
@@ -65,7 +57,7 @@ def run(p, cfg, stage1_dir: Path, build_archive: Path) -> dict:
                  f"export PATH=/opt/rust/bin:$PATH; git clone -q --depth 1 {shlex.quote(inst.host_vars['repo_build_repo'])} /root/vx; "
                  f"cd /root/vx && VOLT_FIXTURE_BUILD_DELAY_MS={int(cfg['build_s'] * 1000)} cargo build -q --release -p volt-learn "
                  "--features vfn-training --bin codebook-init --bin train-vfn")
-        out["build_s"] = _run([*inst.ssh, build], "Rust + build")
+        out["build_s"], _ = timed([*inst.ssh, build], "floor: Rust + build")
         out["floor_cold_s"] = max(out["build_s"], out["data_s"])
         out["floor_warm_s"] = max(out["boot_s"], out["data_s"])
         return out

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from ttg_instances import DEST, Watch, destroy, provision
+from ttg_instances import DEST, Watch, destroy, provision, timed
 
 SETUP = """#!/usr/bin/env bash
 # The guide's cloud_setup.sh (Pre-Flight step 4), on the local world: Rust is downloaded and unpacked from the
@@ -128,14 +128,6 @@ until [ -d ~/volt-x/data ]; do sleep 0.05; done
 mv /root/python_sample.jsonl ~/volt-x/data/python_sample.jsonl
 mkdir -p {SEEN} && touch {SEEN}/python_sample
 """
-
-
-def timed(argv: list[str], what: str, timeout: float = 1800) -> tuple[float, str]:
-    t = time.time()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"guide: {what} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-600:]}")
-    return time.time() - t, proc.stdout
 
 
 def _marks(text: str) -> dict[str, float]:

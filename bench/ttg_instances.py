@@ -93,6 +93,15 @@ class Watch:
             self.proc.kill()
 
 
+def timed(argv: list[str], what: str, timeout: float = 1800, stdin=None) -> tuple[float, str]:
+    """Seconds a command took and its stdout; a failure raises with the end of what it said."""
+    t = time.time()
+    proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench: {what} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-600:]}")
+    return time.time() - t, proc.stdout
+
+
 def provision(p: Project, rate_mbit: float, rtt_ms: float, image: str = "bare") -> tuple[Instance, float, int]:
     """Rent the local instance rtt_ms away (volt_ansible/local/link.py: the same for the guide's way and the product's)."""
     p.cli("provision", "--backend", "local", timeout=300, VOLT_LOCAL_RTT_MS=f"{rtt_ms:g}", VOLT_LOCAL_IMAGE=image)
