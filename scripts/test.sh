@@ -2,9 +2,10 @@
 # Every test: lint, unit and integration tests (real SSH into podman test hosts), molecule scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# What every worker needs, made once before they start: the three test-host images (debootstrap) and the packed Rust
-# toolchain. Both are stdlib-only Python, so they start right after the system packages, while pip fills .venv and the
-# linters run; workers would wait for them on a lock anyway, this way nothing waits.
+# What every worker needs, made once before they start: the three test-host images (two debootstraps: dev is host's
+# rootfs plus a C toolchain) and the packed Rust toolchain. Both are stdlib-only Python, so they start right after the
+# system packages, while pip fills .venv and the linters run; workers would wait for them on a lock anyway, this way
+# nothing waits.
 bash scripts/setup.sh packages
 export CONTAINERS_CONF="$PWD/volt_ansible/local/containers.conf"
 setsid python3 -m volt_ansible.local.image host bare dev >/dev/null &

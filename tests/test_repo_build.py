@@ -44,7 +44,6 @@ def play(repo_build_vars: str = "", toolchain: bool = True, serve: bool = True) 
         name: repo_build
       vars:
         repo_build_repo: file:///srv/{'volt-x.git' if serve else 'git/volt-x.git'}
-        repo_build_heartbeat_s: 1
 {repo_build_vars}
 """
 

@@ -55,7 +55,6 @@ SETUP = f"""
         name: repo_build
       vars:
         repo_build_repo: file:///srv/volt-x.git
-        repo_build_heartbeat_s: 1
 
     # Volt-X's train-vfn has no resume option; the fixture's cargo feature `resume` gives one, so that both kinds of
     # binary are tested: use_build() puts one or the other (with the --help saved beside it) where the jobs run it.
@@ -67,7 +66,6 @@ SETUP = f"""
         repo_build_dest: /root/volt-x-resume
         repo_build_features: [vfn-training, resume]
         repo_build_bins: [train-vfn]
-        repo_build_heartbeat_s: 1
 """
 BUILDS = {"default": DEST, "resume": "/root/volt-x-resume"}
 STEMS = {"stage1": "scaled_vfn_stage1", "stage2": "scaled_vfn_stage2", "stage3": "scaled_vfn"}  # <output stem>_epoch_<e>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -29,10 +30,13 @@ class Recipe:
     # Like a registry image (nvidia/cuda:*, FROM ubuntu): apt lists emptied, the docker apt/dpkg settings, sources with
     # -updates and -security. False: debootstrap's rootfs as it is (lists kept, one source).
     registry_like: bool = False
+    # Another recipe's rootfs with `include` apt-installed on top (chroot), instead of a debootstrap of its own: a second
+    # minbase debootstrap costs about a minute of CPU, the extra packages a fraction of it.
+    base: str = ""
 
     @property
     def tag(self) -> str:
-        fields = {k: v for k, v in asdict(self).items() if k != "registry_like" or v}  # the older recipes keep their tags
+        fields = {k: v for k, v in asdict(self).items() if k not in ("registry_like", "base") or v}  # older recipes keep their tags
         blob = json.dumps({**fields, "v": RECIPE_VERSION}, sort_keys=True).encode()
         return f"localhost/volt-{self.name}:{hashlib.sha256(blob).hexdigest()[:12]}"
 
@@ -46,7 +50,7 @@ HOST = Recipe("host", "bookworm", ("openssh-server", "python3", "rsync", "sudo",
 # cache, local/aptcache.py, on the local backend), as a real instance does from Ubuntu's.
 BARE = Recipe("bare", "bookworm", ("openssh-server", "curl", "ca-certificates"), registry_like=True)
 # HOST plus a C toolchain, so role tests that compile do not apt-install one every run.
-DEV = Recipe("dev", "bookworm", HOST.include + ("build-essential", "pkg-config", "libssl-dev", "zstd"))
+DEV = Recipe("dev", "bookworm", ("build-essential", "pkg-config", "libssl-dev", "zstd"), base="host")
 RECIPES = {r.name: r for r in (HOST, BARE, DEV)}
 
 # What ubuntu:22.04 (and so nvidia/cuda:*-ubuntu22.04) carries for apt and dpkg in a container: no daemons started by
@@ -104,21 +108,44 @@ def sources_list(suite: str, mirror: str, security: str) -> str:
 
 def ensure(recipe: Recipe = HOST) -> str:
     """Return the image name, building it first if this recipe was never built here."""
-    if podman.exists("image", recipe.tag):
-        return recipe.tag
+    return ensure_many([recipe])[0]
+
+
+def ensure_many(recipes: list[Recipe]) -> list[str]:
+    """Build what is missing of `recipes` (a derived recipe's base too), one debootstrap per rootfs: a base and the
+    recipes on top of it are built from the same one. Returns their image names."""
+    todo: dict[str, list[Recipe]] = {}  # root recipe name -> [root, derived...] still to check
+    for r in recipes:
+        root = RECIPES[r.base] if r.base else r
+        chain = todo.setdefault(root.name, [root])
+        if r is not root and r not in chain:
+            chain.append(r)
+    for chain in todo.values():
+        _ensure_chain(chain)
+    return [r.tag for r in recipes]
+
+
+def _ensure_chain(chain: list[Recipe]) -> None:
+    if all(podman.exists("image", r.tag) for r in chain):
+        return
     # One build per recipe at a time: concurrent commands (or test workers) wait for it instead of building twice.
-    with open(f"/var/tmp/volt-image-{recipe.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if podman.exists("image", recipe.tag):
-            return recipe.tag
-        return _build(recipe)
+    # Locks in the chain's order (the base first), so two builders never wait on each other.
+    with contextlib.ExitStack() as locks:
+        for r in chain:
+            lock = locks.enter_context(open(f"/var/tmp/volt-image-{r.name}.lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = [r for r in chain if not podman.exists("image", r.tag)]
+        if missing:
+            _build(chain[0], missing)
 
 
-def _build(recipe: Recipe) -> str:
+def _build(root_recipe: Recipe, missing: list[Recipe]) -> None:
+    """debootstrap root_recipe's rootfs once; import it if it is missing, then each derived recipe on top of it."""
     if not shutil.which("debootstrap"):
         raise VoltError("debootstrap is not installed: apt-get install debootstrap (needed once to build the test-host image)")
     with tempfile.TemporaryDirectory(prefix="volt-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
+        recipe = root_recipe
         cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.include)}", recipe.suite, str(root), apt_mirror()]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -133,15 +160,40 @@ def _build(recipe: Recipe) -> str:
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
         if recipe.registry_like:
             _registry_like(root, recipe.suite)
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        try:
-            proc = subprocess.run([podman.require(), "import", "-", recipe.tag], stdin=tar.stdout, env=podman.env(), capture_output=True)
-        finally:
-            tar.stdout.close()  # a podman that stopped reading must end tar (SIGPIPE), not leave it blocked on a full pipe
-            tar.wait()
-        if proc.returncode != 0:
-            raise VoltError(f"podman import failed: {proc.stderr.decode().strip()}")
-    return recipe.tag
+        if recipe in missing:
+            _import(root, recipe.tag)
+        for derived in (r for r in missing if r is not recipe):
+            _apt_install(root, derived.include)
+            _import(root, derived.tag)
+
+
+def _apt_install(root: Path, packages: tuple[str, ...]) -> None:
+    """apt-get install into the rootfs (its lists are debootstrap's), as a `RUN apt-get install` on top of an image."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+    (root / "proc").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        proc = subprocess.run(["chroot", str(root), "apt-get", "-qq", "install", "-y", "--no-install-recommends", *packages],
+                              capture_output=True, text=True, env=env)
+    finally:
+        subprocess.run(["umount", "-l", str(root / "proc")], check=False)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise VoltError(f"apt-get install {' '.join(packages)} in the image failed: {' | '.join(tail)}")
+    shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
+    for cache in (root / "var/cache/apt").glob("*.bin"):  # apt's package caches (~70 MB), which debootstrap leaves none of
+        cache.unlink()
+
+
+def _import(root: Path, tag: str) -> None:
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    try:
+        proc = subprocess.run([podman.require(), "import", "-", tag], stdin=tar.stdout, env=podman.env(), capture_output=True)
+    finally:
+        tar.stdout.close()  # a podman that stopped reading must end tar (SIGPIPE), not leave it blocked on a full pipe
+        tar.wait()
+    if proc.returncode != 0:
+        raise VoltError(f"podman import failed: {proc.stderr.decode().strip()}")
 
 
 def _registry_like(root: Path, suite: str) -> None:
@@ -165,12 +217,17 @@ def main(names: list[str]) -> int:
     if unknown := [n for n in names if n not in RECIPES]:
         print(f"volt-ansible local image: no recipe {', '.join(unknown)}: choose from {', '.join(RECIPES)}", file=sys.stderr)
         return 2
-    with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
-        futures = [pool.submit(ensure, RECIPES[n]) for n in names]
+    # a derived recipe goes with its base (one debootstrap for both)
+    groups: dict[str, list[Recipe]] = {}
+    for n in names:
+        r = RECIPES[n]
+        groups.setdefault(r.base or r.name, []).append(r)
+    with ThreadPoolExecutor(max_workers=len(groups) or 1) as pool:
+        futures = [pool.submit(ensure_many, group) for group in groups.values()]
     rc = 0
     for f in futures:
         try:
-            print(f.result())
+            print("\n".join(f.result()))
         except VoltError as e:
             print(f"volt-ansible local image: {e}", file=sys.stderr)
             rc = 1
