@@ -111,15 +111,16 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
         resume(spec, state, progress)
     plan = recovery.plan(lay, local, state.resume, state.epoch_s, state.instance.dph_total if state.instance else None)
     progress(plan.describe())
-    run_ok("prepare", {}, progress, again)
     items = recovery.data_items(spec_mod.read().get("volt_data") or {}, plan.pending)
-    if items:
-        run_ok("sync", {"data_sync_items": items}, progress, again)
-    if plan.files:
-        run_ok("restore", {"backup_local_dir": str(local), "backup_restore_files": plan.files, "backup_restore_epoch_owner": plan.owner,
-                            "backup_restore_epoch_owner_path": lay.epoch_owner}, progress, again)
     phase03 = lay.jobs[0].name in plan.pending
-    run_ok("train", {"stage": "all" if plan.stages(lay) else "none", "phase03": phase03}, progress, again)
+    # one playbook (playbooks/recover.yml): prepare, the data, the files from home, the jobs
+    extravars: dict = {"stage": "all" if plan.stages(lay) else "none", "phase03": phase03}
+    if items:
+        extravars |= {"recover_sync": True, "data_sync_items": items}
+    if plan.files:
+        extravars |= {"recover_restore": True, "backup_local_dir": str(local), "backup_restore_files": plan.files,
+                      "backup_restore_epoch_owner": plan.owner, "backup_restore_epoch_owner_path": lay.epoch_owner}
+    run_ok("recover", extravars, progress, again)
     state = state_mod.load()
     state.recovery = None
     state_mod.save(state)
