@@ -122,7 +122,7 @@ def train(host: TestHost, *, gpu: dict | None = GPU, timeout: float = 300, **ext
 
 
 def job_status(host: TestHost, job: str) -> dict:
-    out = host.exec(f"cat {DEST}/logs/{job}.status 2>/dev/null", check=False).stdout
+    out = host.read(f"{DEST}/logs/{job}.status")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
@@ -139,7 +139,7 @@ def wait_state(host: TestHost, job: str, states=("done", "failed"), timeout: flo
 
 def job_log(host: TestHost, job: str) -> str:
     name = {"phase03": "phase03"}.get(job, f"phase21_{job}" if job.startswith("stage") else job)
-    return host.exec(f"cat {DEST}/logs/{name}.log 2>/dev/null", check=False).stdout
+    return host.read(f"{DEST}/logs/{name}.log")
 
 
 def tmux_windows(host: TestHost, session: str = "training") -> list[str]:
@@ -208,7 +208,7 @@ def starts(log: str, job: str) -> int:
 
 
 def epoch_files(host, where: str = "checkpoints", job: str = "stage1") -> list[int]:
-    out = host.exec(f"ls {DEST}/{where} 2>/dev/null", check=False).stdout.split()
+    out = host.listdir(f"{DEST}/{where}")
     return sorted(int(m[1]) for f in out if (m := re.fullmatch(rf"{STEMS[job]}_epoch_(\d+)\.safetensors", f)))
 
 

@@ -212,11 +212,11 @@ def test_hostile_job_tables_run_verbatim_on_a_host(make_host):
     assert ok.returncode == 0, ok.stdout[-5000:] + ok.stderr[-2000:]
     deadline = time.monotonic() + 60
     while True:
-        chain, p03_st = (read_status(host.exec(f"cat {dest}/{s}", check=False).stdout)
+        chain, p03_st = (read_status(host.read(f"{dest}/{s}"))
                          for s in (p["chain"]["status"], p["phase03"]["status"]))
         if chain.get("state") in ("done", "failed") and p03_st.get("state") in ("done", "failed"):
             break
-        assert time.monotonic() < deadline, (chain, p03_st, host.exec(f"cat {dest}/{p['chain']['log']}", check=False).stdout)
+        assert time.monotonic() < deadline, (chain, p03_st, host.read(f"{dest}/{p['chain']['log']}"))
         time.sleep(0.3)
     assert (chain["state"], p03_st["state"]) == ("done", "done"), (chain, p03_st)
 

@@ -17,10 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-
-from volt_ansible.local import podman
+from testhost import container_pidns, container_root
 
 pytestmark = pytest.mark.podman
 
@@ -44,12 +44,33 @@ def recorded(project) -> dict | None:
     return _json(project.volt_dir / "state.json").get("instance")
 
 
-def on_instance(project, command: str) -> str:
-    """What `command` prints in the instance's container ("" before there is one)."""
+def instance_container(project) -> str:
+    """The name of the instance's container ("" before there is a started one)."""
     live = [i for i in double_instances(project) if i.get("ssh_port") and not i.get("destroyed")]
-    if not live:
+    return live[0]["container"] if live else ""
+
+
+def on_instance_file(project, path: str) -> str:
+    """The text of `path` on the instance ("" when there is no instance or no such file), read from this machine."""
+    root = container_root(name) if (name := instance_container(project)) else None
+    try:
+        return (root / path.lstrip("/")).read_text() if root else ""
+    except OSError:
         return ""
-    return podman.run("exec", live[0]["container"], "sh", "-c", command, check=False).stdout.decode()
+
+
+def on_instance_running(project, *names: str) -> bool:
+    """Whether a process named one of `names` runs in the instance's container (its pid namespace)."""
+    ns = container_pidns(name) if (name := instance_container(project)) else ""
+    if not ns:
+        return False
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() in names and os.readlink(proc / "ns" / "pid") == ns:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def create_in_flight(project) -> bool:
@@ -63,7 +84,7 @@ def rented(project) -> bool:
 
 
 def compiling(project) -> bool:
-    return bool(on_instance(project, "pgrep -x cargo || pgrep -x rustc").strip())
+    return on_instance_running(project, "cargo", "rustc")
 
 
 def sending(project) -> bool:
@@ -74,7 +95,7 @@ def sending(project) -> bool:
 
 
 def stage1_started(project) -> bool:
-    return bool(on_instance(project, f"cat {DEST}/logs/stage1.status 2>/dev/null").strip())
+    return bool(on_instance_file(project, f"{DEST}/logs/stage1.status").strip())
 
 
 # point -> (the state change to interrupt at, how often to look in seconds)

@@ -19,6 +19,38 @@ REPO = Path(__file__).resolve().parents[1]
 LABEL = "volt-ansible.test"
 
 
+def _start_time(pid: int) -> str:
+    """When process `pid` started (field 22 of /proc/<pid>/stat): a pid the kernel gave to another process since differs."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+_INITS: dict[str, tuple[int, str]] = {}  # container -> its init's pid and start time, as last asked
+
+
+def container_root(name: str) -> Path | None:
+    """Container `name`'s filesystem as this machine sees it (/proc/<pid of its init>/root), None when it is not running.
+    Tests that wait for something on a host read files there several times a second: a `podman exec` costs ~0.1 s of
+    CPU each, which every other test on the same two cores pays for."""
+    pid, started = _INITS.get(name, (0, ""))
+    if not pid or _start_time(pid) != started:  # not asked yet, or restarted since
+        out = podman.run("inspect", "-f", "{{.State.Pid}}", name, check=False).stdout.decode().strip()
+        pid = int(out) if out.isdigit() else 0
+        _INITS[name] = (pid, _start_time(pid)) if pid else (0, "")
+    return Path(f"/proc/{pid}/root") if pid else None
+
+
+def container_pidns(name: str) -> str:
+    """The pid namespace of container `name` ("" when it is not running): its processes are the ones that share it."""
+    root = container_root(name)
+    try:
+        return os.readlink(root.parent / "ns" / "pid") if root else ""
+    except OSError:
+        return ""
+
+
 @dataclass
 class TestHost:
     name: str
@@ -66,6 +98,22 @@ class TestHost:
         if check and proc.returncode != 0:
             raise AssertionError(f"{cmd} -> {proc.returncode}: {out.stderr}")
         return out
+
+    def read(self, path: str) -> str:
+        """The text of the file at absolute `path` in the host; "" when it is missing (as `cat path 2>/dev/null`)."""
+        root = container_root(self.name)
+        try:
+            return (root / path.lstrip("/")).read_text() if root else ""
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    def listdir(self, path: str) -> list[str]:
+        """The names in the directory at absolute `path` in the host, sorted; [] when it is missing."""
+        root = container_root(self.name)
+        try:
+            return sorted(os.listdir(root / path.lstrip("/"))) if root else []
+        except OSError:
+            return []
 
     def put(self, content: str, dest: str, mode: str = "0755") -> None:
         """Write a file into the host (e.g. a scripted nvidia-smi double)."""
