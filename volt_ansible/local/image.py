@@ -139,13 +139,12 @@ def _ensure_chain(chain: list[Recipe]) -> None:
             _build(chain[0], missing)
 
 
-def _build(root_recipe: Recipe, missing: list[Recipe]) -> None:
-    """debootstrap root_recipe's rootfs once; import it if it is missing, then each derived recipe on top of it."""
+def _build(recipe: Recipe, missing: list[Recipe]) -> None:
+    """debootstrap `recipe`'s rootfs once; import it if it is missing, then each derived recipe on top of it."""
     if not shutil.which("debootstrap"):
         raise VoltError("debootstrap is not installed: apt-get install debootstrap (needed once to build the test-host image)")
     with tempfile.TemporaryDirectory(prefix="volt-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
-        recipe = root_recipe
         cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(recipe.include)}", recipe.suite, str(root), apt_mirror()]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
