@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,16 +93,28 @@ def _http_error(e: requests.HTTPError, what: str) -> VoltError:
     return VoltError(f"{what}: Vast API answered HTTP {status}{': ' + detail if detail else ''}")
 
 
+def _sdk_class() -> type:
+    """The SDK's VastAI class, imported when a client is made (--help, check, logs, ssh make none). The package's
+    __init__ also imports the SDK's serverless client and worker (aiohttp and more: ~0.45 s of CPU per command,
+    `python -X importtime -c 'import vastai'`) and skips them when they cannot be imported. volt-ansible uses none of
+    them: their import is blocked for that moment (a None in sys.modules fails it at once) and unblocked after."""
+    blocked = "vastai.serverless" not in sys.modules
+    if blocked:
+        sys.modules["vastai.serverless"] = None  # type: ignore[assignment]
+    try:
+        from vastai import VastAI
+    finally:
+        if blocked and "vastai.serverless" in sys.modules and sys.modules["vastai.serverless"] is None:
+            del sys.modules["vastai.serverless"]
+    return VastAI
+
+
 class VastApi(Backend):
     """One SDK client and the calls volt-ansible makes, each turned into a one-line error on failure."""
 
     def __init__(self, api_key: str | None, url: str | None = None):
         try:
-            # Imported here, when a client is made: the SDK takes ~0.6 s to import, which every command
-            # (--help, check, logs, ssh) would pay at start-up otherwise.
-            from vastai import VastAI
-
-            self.sdk = VastAI(api_key=api_key, server_url=url, raw=True, quiet=True)
+            self.sdk = _sdk_class()(api_key=api_key, server_url=url, raw=True, quiet=True)
         except RuntimeError:
             raise VoltError(
                 "no Vast API key: export VAST_API_KEY=<key> (or run `vastai set api-key <key>` once); for the local test world use --backend local"
