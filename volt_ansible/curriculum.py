@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from volt_ansible import logformat
+from volt_ansible import logformat, yamlio
 from volt_ansible.errors import VoltError
 
 EPOCH_TOKEN = "{epoch}"
@@ -39,7 +39,7 @@ class CurriculumError(VoltError):
 def role_defaults(path: Path | str = ROLE_DEFAULTS_FILE) -> dict:
     """training_tmux's settings as its defaults file sets them: {setting: value} (without the training_tmux_ prefix)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yamlio.load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise CurriculumError(f"cannot read the training_tmux role's defaults ({path}): {e}") from None
     return {key: raw[f"training_tmux_{key}"] for key in SETTINGS if f"training_tmux_{key}" in raw}

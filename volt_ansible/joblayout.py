@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from volt_ansible import curriculum, logformat
+from volt_ansible import curriculum, logformat, yamlio
 from volt_ansible.errors import VoltError
 
 HELP_DIR = ".volt-help"   # roles/repo_build's repo_build_help_dir: each binary's --help, saved after the build
@@ -103,7 +103,7 @@ def layout(root: Path | None = None) -> Layout:
     root = root or Path.cwd()
     gv = root / "group_vars" / "all.yml"
     try:
-        data = yaml.safe_load(gv.read_text()) or {}
+        data = yamlio.load(gv.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise VoltError(f"cannot read {gv}: {e}: run from the project root") from None
     return layout_from(data)

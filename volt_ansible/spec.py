@@ -10,6 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from volt_ansible import yamlio
 from volt_ansible.errors import VoltError
 
 SPEC_FILE = Path("group_vars/all.yml")
@@ -195,7 +196,7 @@ def read(path: Path = SPEC_FILE) -> dict:
     if not path.exists():
         raise VoltError(f"{path} not found: run volt-ansible from the project root (where group_vars/ is)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yamlio.load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise VoltError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
