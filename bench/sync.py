@@ -1,80 +1,76 @@
 #!/usr/bin/env python3
-"""Benchmark data_sync against the guide's way (sequential scp) and plain rsync over a shaped link.
+"""How close is data_sync to the link, and is it ever slower than the obvious alternative (plain rsync, scp)?
 
-Run by hand from the project root, as root, with .venv active (see bench/README.md):
+Run by hand from the project root, as root, with .venv active, under the shared bench lock (see bench/README.md):
 
-    python bench/sync.py [--rate-mbit 40] [--scale 0.00333] [--binary-mb 100]
+    flock /tmp/volt-bench.lock python bench/sync.py [--repetitions N] [--rates 50,200] [--keep]   # defaults: bench/sync.yml
 
-It starts one podman test host, shapes ONLY that container's host-side veth (found through the
-container's eth0 iflink; egress of that veth = traffic to the container) with a tbf at a fixed rate,
-and in one run measures:
+On the embedded local backend: one instance (`volt-ansible provision --backend local`, the bare CUDA-devel-like image,
+RTT `rtt_ms` through the local world's relay), rsync and python3 put there by the product's bootstrap role (untimed),
+the instance's host-side veth shaped with tbf at each rate in turn. Everything is timed by this bench's clock:
 
-- line: the shaped link's TCP payload rate, measured with a raw TCP stream to the container;
-- the guide's sequence (Step 2 + Step 3): scp VoltStaging.tar.gz, scp python_sample.jsonl,
-  scp -r the_stack_full, then extract, move into place and `ls` the files; stage 1 is "in place and
-  checked" only at the end of it, because the guide verifies and launches after all uploads;
-- plain rsync (no compression) of the JSONL and of the binary;
-- data_sync (the role, through ansible-playbook) of the same guide-shaped tree, returning at stage 1
-  while the rest keeps moving; a raw safetensors-like file alone; the same file with the SSH
-  connection killed at ~50% (bytes counted on the veth's tx counter, not from rsync).
+- line: raw TCP to a sink in the instance through the same path (a relay like the instance's, the same veth), and
+  straight to the container (no relay) beside it, so a relay that caps the rate shows; and one ssh stream (raw bytes
+  through `ssh ... python3` over the instance's relay): over a long path OpenSSH's channel window caps it below the
+  line, and rsync -e ssh and scp ride it. Files are sized from the lower of line and ssh stream;
+- per rate, interleaved, `repetitions` times: plain rsync (`rsync -t`, no compression), scp, and data_sync's driver
+  (`python -m volt_ansible.datasync sync`, the plan the role would give it: its compression probe and decision, the
+  transfer, the digest verified on the instance), on the JSONL corpus (code, stdlib .py files as JSONL records) and
+  on an incompressible safetensors file; time from the start command to its exit (data_sync: the file verified on
+  the instance; rsync and scp: no check after, which favours them); bytes from the veth's tx counter. Each file is
+  sized so that its contender's transfer lasts about `transfer_s`;
+- silent drops (data_sync, at `silent_drop.rate_mbit`): at `points` random points (20-80 % of the file landed) per kind
+  (JSONL compressed, safetensors raw), the link is cut for `cut_s` (link.cut: nothing passes, nothing is closed), then
+  restored: when the driver noticed (its first attempt's end - the cut), the bytes sent beyond a clean run of the same
+  file (veth), and that it completed verified without a human;
+- the SIGKILL case: the rsync's ssh killed at ~50 % of the safetensors file;
+- stage 1's inputs (the guide's files at their real sizes: tokenizer, encoder, decoder, code_training_combined): the
+  guide's Terminal-3 path (their tar.gz, made beforehand, scp'd, then `tar -xzf` on the instance) vs data_sync, the
+  role (`ansible-playbook playbooks/sync.yml`, waiting for stage 1: start to `stage1.ready` seen in the instance)
+  and its driver alone.
 
-The guide-shaped tree is the guide's File Reference sizes times --scale (default 1/300: Stack Python
-50 GB -> 167 MB, Stack Full 120 GB -> 400 MB, the ~1.3 GB of checkpoints and APPS files -> 4.3 MB),
-so the proportions of the guide hold. JSONL is real code (the stdlib's .py files as {"content": ...}).
-
-The last line of output is one JSON object with effective_vs_line_jsonl, effective_vs_line_binary,
-resume_extra_bytes_pct and stage1_verified_speedup (plus the raw figures).
+The last line of output is one JSON object: jsonl_vs_line_{50,200,1000}, jsonl_vs_plain_{...}, binary_vs_plain_{...},
+silent_drop_detect_s, silent_drop_extra_pct_jsonl, silent_drop_extra_pct_binary, kill_extra_pct, stage1_vs_tarball,
+and the raw medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("CONTAINERS_CONF", str(REPO / "volt_ansible/local/containers.conf"))
 
 import yaml  # noqa: E402
-from procs import children, comm  # noqa: E402
-from testhost import TestHost, start, stop  # noqa: E402
-
-from volt_ansible import datasync  # noqa: E402
-from volt_ansible.local import podman  # noqa: E402
-from volt_ansible.local.link import Model  # noqa: E402
-from volt_ansible.local.link import Veth as Link  # noqa: E402  (the host-side veth of one container: tbf, tx bytes)
 
 _spec = importlib.util.spec_from_file_location("make_data", REPO / "roles/data_sync/molecule/default/make_data.py")
 make_data = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_data)
 
-# The guide's File Reference (MB). "Checkpoints and Phase 2 datasets are tiny (~1.3 GB)": the APPS files
-# ("varies") carry the rest of that 1.3 GB.
-GUIDE_MB = {
-    "checkpoints/code_tokenizer.json": 2.3,
-    "checkpoints/code_encoder.safetensors": 20.6,
-    "checkpoints/code_decoder.safetensors": 21.0,
-    "phase0/code_training_combined.jsonl": 0.3,
-    "phase0/humaneval/data/humaneval.jsonl": 0.2,
-    "phase0/mbpp/data/mbpp.jsonl": 0.1,
-    "phase2/apps/data/apps_introductory_train.jsonl": 400.0,
-    "phase2/apps/data/apps_interview_train.jsonl": 450.0,
-    "phase2/apps/data/apps_competition_train.jsonl": 400.0,
-}
-STACK_PYTHON_MB = 50_000.0
-STACK_FULL_MB = 120_000.0
+CONFIG = REPO / "bench" / "sync.yml"
+DEST = "/root/volt-x"
+# stage 1's inputs at the guide's File Reference sizes (MB)
+STAGE1_MB = {"code_tokenizer": ("checkpoints/code_tokenizer.json", 2.3), "code_encoder": ("checkpoints/code_encoder.safetensors", 20.6),
+             "code_decoder": ("checkpoints/code_decoder.safetensors", 21.0),
+             "code_training_combined": ("data/code_training_combined.jsonl", 0.3)}
 
 
 def log(msg: str) -> None:
@@ -85,185 +81,192 @@ def sh(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, shell=isinstance(cmd, str), **kw)
 
 
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
-# the link
+# the instance
 
 
-def measure_line(container: str, ip: str, nbytes: int) -> float:
-    """TCP payload bytes/s the shaped link carries: a raw stream to a sink in the container that
-    answers once it has read every byte."""
+class World:
+    """The project, its instance (container, pinned ssh), the veth and the relay that makes the RTT."""
+
+    def __init__(self, work: Path, rtt_ms: float, image: str):
+        from ttg_instances import new_project
+
+        from volt_ansible import ssh as ssh_mod
+        from volt_ansible.local import aptcache
+        from volt_ansible.local.link import Veth
+
+        self.p = new_project(work / "project")
+        self.p.cli("provision", "--backend", "local", timeout=300, VOLT_LOCAL_RTT_MS=f"{rtt_ms:g}", VOLT_LOCAL_IMAGE=image)
+        st = self.p.state()["instance"]
+        self.id, self.port = st["id"], st["ssh_port"]
+        with self.p.double().store() as s:
+            rec = s["instances"][str(self.id)]
+        self.container, self.link_rec = rec["container"], rec["link"]
+        self.relay_pid = self.link_rec.get("relay_pid")
+        if self.link_rec.get("delay_by") != "relay":
+            raise SystemExit("bench: this kernel has netem, the delay is not made by the relay: the silent-drop cut needs the relay")
+        self.veth = Veth(self.container)
+        self.link = self.veth  # what ttg_instances.Watch counts bytes on
+        self.exempt = aptcache.endpoint()
+        self.opts = [*ssh_mod.options(self.p.volt_dir), "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+        self.ssh = ["ssh", *self.opts, "-p", str(self.port), "root@127.0.0.1"]
+        self.scp = ["scp", "-q", *self.opts, "-P", str(self.port)]
+        self.rsh = shlex.join(["ssh", *self.opts, "-p", str(self.port)])
+        self.conn = ssh_mod.connection(self.p.volt_dir, "127.0.0.1", self.port)
+
+    def shape(self, rate_mbit: float) -> None:
+        from volt_ansible.local.link import Model
+
+        self.veth.shape(Model(rate_mbit=rate_mbit), exempt=self.exempt)
+
+    def exec(self, cmd: str, timeout: float = 120) -> str:
+        """A look inside the container (not over the shaped link): measuring and cleaning up, never a contender."""
+        from volt_ansible.local import podman
+
+        return podman.run("exec", self.container, "sh", "-c", cmd, check=False, timeout=timeout).stdout.decode(errors="replace")
+
+    def playbook(self, play: Path, extravars: dict) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / "ansible-playbook"), str(play), "-e", json.dumps(extravars)]
+        return subprocess.run(cmd, cwd=self.p.root, env=self.p.env(), capture_output=True, text=True, timeout=900)
+
+    def destroy(self) -> None:
+        self.veth.unshape()
+        self.p.cli("destroy", "--yes", "--force", check=False, timeout=120)
+
+
+def measure_line(w: World, rtt_ms: float, seconds: float = 3.5) -> dict:
+    """Raw TCP payload rate into the instance: through a relay like the instance's (the path data_sync's ssh takes) and
+    straight to the container; the sink counts what arrives after the first second (slow start left out)."""
+    from volt_ansible.local import link, podman
+
     port = 5599
-    sink = (f"import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', {port})); "
-            f"s.listen(1); c,_=s.accept(); n=0\nwhile n < {nbytes}:\n  b=c.recv(1<<20)\n  if not b: break\n  n+=len(b)\nc.sendall(b'ok'); c.close()")
-    podman.run("exec", "-d", container, "python3", "-c", sink)
-    payload = os.urandom(1 << 20)
-    for _ in range(50):
-        try:
-            s = socket.create_connection((ip, port), timeout=5)
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        raise SystemExit("bench: the TCP sink in the container never answered")
+    sink = ("import socket, time\ns = socket.create_server(('0.0.0.0', PORT))\nfor _ in range(2):\n    c, _ = s.accept()\n"
+            "    n = 0; t0 = None; n1 = t1 = None\n    while (b := c.recv(1 << 20)):\n        now = time.monotonic(); n += len(b)\n"
+            "        if t0 is None: t0 = now\n        if t1 is None and now - t0 >= 1.0: n1, t1 = n, now\n"
+            "        last = now\n    c.sendall(str((n - n1) / (last - t1) if t1 and last > t1 else 0).encode()); c.close()\n")
+    sink = sink.replace("PORT", str(port))
+    podman.run("exec", "-d", w.container, "python3", "-c", sink)
+    time.sleep(0.5)
+    rport, rpid = link.start_relay(Path(tempfile.mkdtemp(prefix="vsr-")), "line", w.veth.ip, rtt_ms, port=port)
+    out = {}
+    block = os.urandom(1 << 20)
+    try:
+        for name, addr in (("relay", ("127.0.0.1", rport)), ("direct", (w.veth.ip, port))):
+            s = socket.create_connection(addr, timeout=10)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                s.sendall(block)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(60)
+            out[name] = float(s.recv(64).decode() or 0)
+            s.close()
+    finally:
+        link.stop_relay(rpid)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the contenders
+
+
+def plain_rsync(w: World, src: Path, dest: str) -> float:
     t0 = time.time()
-    sent = 0
-    while sent < nbytes:
-        chunk = payload[: min(len(payload), nbytes - sent)]
-        s.sendall(chunk)
-        sent += len(chunk)
-    s.settimeout(120)
-    assert s.recv(2) == b"ok"
-    seconds = time.time() - t0
-    s.close()
-    return nbytes / seconds
+    sh(["rsync", "-t", "-e", w.rsh, str(src), f"root@127.0.0.1:{dest}"])
+    return time.time() - t0
+
+
+def scp(w: World, src: Path, dest: str) -> float:
+    t0 = time.time()
+    sh([*w.scp, str(src), f"root@127.0.0.1:{dest}"])
+    return time.time() - t0
+
+
+class DataSync:
+    """data_sync's driver on one item, with the plan the role would give it (pre-flight untimed, as `volt-ansible
+    check` runs before renting); the instance side was installed by the role once (setup)."""
+
+    def __init__(self, w: World, work: Path):
+        self.w = w
+        self.volt_dir = work / "ds-volt"
+        self.state = work / "ds-state"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.defaults = yaml.safe_load((REPO / "roles/data_sync/defaults/main.yml").read_text())
+
+    def plan(self, items: list[dict], local_root: Path) -> dict:
+        from volt_ansible import datasync
+
+        vd = {"root_remote": DEST, "local_root": str(local_root), "items": items}
+        report = datasync.preflight(vd, self.volt_dir)
+        plan = report.plan()
+        d = self.defaults
+        options = {"parallel": d["data_sync_parallel"], "retries": d["data_sync_retries"], "retry_delay_s": d["data_sync_retry_delay_s"],
+                   "io_timeout_s": d["data_sync_io_timeout_s"], "keepalive_s": d["data_sync_keepalive_s"],
+                   "keepalive_count": d["data_sync_keepalive_count"], "compression": d["data_sync_compression"],
+                   "zstd_level": d["data_sync_zstd_level"], "bwlimit_kbps": d["data_sync_bwlimit_kbps"], "remote_python": "python3"}
+        return {"root": DEST, "ssh": self.w.conn, "items": plan["items"], "verified": [], "jobs": plan["jobs"],
+                "digests": {i["name"]: i["digest"] for i in plan["items"]}, "options": options, "run_id": f"bench-{time.time()}"}
+
+    def start(self, plan: dict, tag: str) -> tuple[subprocess.Popen, Path]:
+        status = self.state / f"{tag}.json"
+        status.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "volt_ansible.datasync", "sync", "--status", str(status), "--log", str(self.state / f"{tag}.log"),
+                "--plan-json", json.dumps(plan)]
+        return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), status
+
+    def run(self, plan: dict, tag: str) -> tuple[float, dict]:
+        t0 = time.time()
+        proc, status = self.start(plan, tag)
+        out, err = proc.communicate(timeout=1800)
+        seconds = time.time() - t0
+        st = json.loads(status.read_text())
+        if proc.returncode != 0 or st["state"] != "done":
+            raise SystemExit(f"bench: data_sync {tag} failed: {st.get('error')} {err[-800:]}")
+        return seconds, st
+
+
+def clean(w: World, *paths: str) -> None:
+    w.exec("rm -rf " + " ".join(shlex.quote(p) for p in paths) + f" {DEST}/.volt-sync/*.verified {DEST}/.volt-sync/*.stat "
+           f"{DEST}/.volt-sync/*.ready; find {DEST} -name .rsync-partial -prune -exec rm -rf {{}} + 2>/dev/null; sync")
 
 
 # ---------------------------------------------------------------------------------------------
 # data
 
 
-def make_tree(root: Path, scale: float) -> dict[str, int]:
-    sizes = {}
-    for i, (rel, mb) in enumerate(GUIDE_MB.items()):
-        size = max(1000, int(mb * scale * 1e6))
-        if rel.endswith(".safetensors"):
-            make_data.write_safetensors(root / rel, size, seed=i)
-        else:
-            make_data.write_jsonl(root / rel, size, offset=i * 97)
-        sizes[rel] = (root / rel).stat().st_size
-    make_data.write_jsonl(root / make_data.STACK_PYTHON, int(STACK_PYTHON_MB * scale * 1e6), offset=1000)
-    sizes[make_data.STACK_PYTHON] = (root / make_data.STACK_PYTHON).stat().st_size
-    for k in range(4):  # per-language files of the curated Stack Full
-        rel = f"{make_data.STACK_FULL}/lang_{k}.jsonl"
-        make_data.write_jsonl(root / rel, int(STACK_FULL_MB * scale * 1e6 / 4), offset=3000 + 400 * k)
-        sizes[rel] = (root / rel).stat().st_size
-    return sizes
+def make_files(work: Path, name: str, kind: str, size: int, seed: int) -> Path:
+    path = work / "data" / name
+    if kind == "jsonl":
+        make_data.write_jsonl(path, size, offset=seed * 131, vary=True)
+    else:
+        make_data.write_safetensors(path, size, seed=seed)
+    return path
 
 
-def guide_volt_data(local_root: Path) -> dict:
-    vd = yaml.safe_load((REPO / "group_vars/all.yml").read_text())["volt_data"]
-    vd["local_root"] = str(local_root)
-    for it in vd["items"]:
-        it["enabled"] = True  # the guide uploads Stack Full too
-    return vd
+def landed(w: World, dest_dir: str, name: str) -> int:
+    out = w.exec(f"stat -c %s {dest_dir}/.{name}.* 2>/dev/null | head -1 || true").split()
+    return int(out[0]) if out else 0
 
 
-# ---------------------------------------------------------------------------------------------
-# transfers
+def driver_pid_rsync_ssh(status: Path) -> list[int]:
+    from procs import children, comm
 
-
-class Remote:
-    def __init__(self, host: TestHost):
-        self.host = host
-        self.ssh = ["ssh", "-i", str(host.key), "-p", str(host.port), "-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no",
-                    "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "root@127.0.0.1"]
-        self.scp = ["scp", "-q", "-i", str(host.key), "-P", str(host.port), "-o", "UserKnownHostsFile=/dev/null",
-                    "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
-        self.rsh = shlex.join(self.ssh[:-1])
-
-    def run(self, cmd: str) -> None:
-        sh([*self.ssh, cmd])
-
-    def timed(self, argv: list[str]) -> float:
-        t0 = time.time()
-        sh(argv)
-        return time.time() - t0
-
-
-def guide_sequence(r: Remote, data: Path, staging_tgz: Path) -> dict:
-    """Step 2 (Terminal 2's three scp, one after another) and Step 3 (move into place, ls checks)."""
-    r.run("rm -rf /root/guide && mkdir -p /root/guide")
-    t0 = time.time()
-    t_tgz = r.timed([*r.scp, str(staging_tgz), "root@127.0.0.1:/root/guide/"])
-    t_py = r.timed([*r.scp, str(data / make_data.STACK_PYTHON), "root@127.0.0.1:/root/guide/python_sample.jsonl"])
-    t_full = r.timed([*r.scp, "-r", str(data / make_data.STACK_FULL), "root@127.0.0.1:/root/guide/the_stack_full"])
-    r.run("set -e; cd /root/guide && tar -xzf VoltStaging.tar.gz && mkdir -p volt-x/checkpoints volt-x/data volt-x/logs && "
-          "cp VoltStaging/checkpoints/* volt-x/checkpoints/ && cp VoltStaging/data/* volt-x/data/ && "
-          "mv python_sample.jsonl volt-x/data/ && mv the_stack_full volt-x/data/the_stack_full && cd volt-x && "
-          "ls -lh checkpoints/ data/code_training_combined.jsonl data/humaneval.jsonl data/mbpp.jsonl data/apps_introductory_train.jsonl "
-          "data/apps_interview_train.jsonl data/apps_competition_train.jsonl data/python_sample.jsonl data/the_stack_full/ && du -sh data/")
-    return {"seconds": time.time() - t0, "tgz_s": t_tgz, "python_sample_s": t_py, "stack_full_s": t_full}
-
-
-ROLE_PLAY = """
-- hosts: volt
-  gather_facts: false
-  tasks:
-    - name: data_sync
-      ansible.builtin.include_role:
-        name: data_sync
-      vars:
-        data_sync_poll_s: 1
-        data_sync_retry_delay_s: 1
-        data_sync_disk_margin_gb: 1
-        data_sync_wait_jobs: {wait}
-"""
-
-
-def status_file(volt_dir: Path, host: TestHost) -> Path:
-    return volt_dir / "data-sync" / f"{host.name}.json"
-
-
-def wait_driver(volt_dir: Path, host: TestHost, timeout: float = 900) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = json.loads(status_file(volt_dir, host).read_text())
-        if st["state"] != "running":
-            return st
-        time.sleep(0.2)
-    raise SystemExit("bench: the data_sync driver did not finish")
-
-
-def data_sync_guide(host: TestHost, volt_dir: Path, vd: dict) -> dict:
-    """The role on the guide-shaped tree: time to stage1.ready (watched inside the container), then to everything verified."""
-    marker = f"{vd['root_remote']}/.volt-sync/stage1.ready"
-    watcher = subprocess.Popen([podman.require(), "exec", host.name, "sh", "-c", f"while [ ! -e {marker} ]; do sleep 0.02; done"],
-                               env=podman.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # the watcher is in its loop
-    t0 = time.time()
-    seen = {}
-    t = threading.Thread(target=lambda: (watcher.wait(), seen.setdefault("stage1", time.time())))
-    t.start()
-    host.playbook(ROLE_PLAY.format(wait="[stage1]"), extravars={"volt_data": vd}, check=True)
-    t_play = time.time() - t0
-    st = wait_driver(volt_dir, host)
-    t_all = time.time() - t0
-    t.join(30)
-    if st["state"] != "done":
-        raise SystemExit(f"bench: data_sync failed: {st['error']}")
-    return {"stage1_s": seen["stage1"] - t0, "play_returned_s": t_play, "all_verified_s": t_all, "status": st}
-
-
-def data_sync_one(host: TestHost, volt_dir: Path, src: Path, root_remote: str, link: Link, kill_at: float | None = None) -> dict:
-    """The role on one raw file; kill_at: bytes on the veth after which the rsync's SSH connection is killed."""
-    vd = {"root_remote": root_remote, "local_root": str(src.parent),
-          "items": [{"name": "weights", "src": src.name, "dest": f"checkpoints/{src.name}", "kind": "file", "jobs": ["stage1"]}]}
-    b0 = link.tx_bytes()
-    killed = {}
-    if kill_at is not None:
-        def killer() -> None:
-            while link.tx_bytes() - b0 < kill_at:
-                time.sleep(0.01)
-            st = json.loads(status_file(volt_dir, host).read_text())
-            for r in children(st["pid"]):
-                if comm(r) == "rsync":
-                    for c in children(r):
-                        if comm(c) == "ssh":
-                            os.kill(c, signal.SIGKILL)
-                            killed["at"] = link.tx_bytes() - b0
-                            return
-        k = threading.Thread(target=killer, daemon=True)
-        k.start()
-    host.playbook(ROLE_PLAY.format(wait="all"), extravars={"volt_data": vd}, check=True)
-    wire = link.tx_bytes() - b0
-    st = json.loads(status_file(volt_dir, host).read_text())
-    item = st["items"]["weights"]
-    return {"wire_bytes": wire, "attempts": item["attempts"], "killed_at": killed.get("at"),
-            "transfer_s": sum(a["seconds"] for a in item["attempts"])}
-
-
-
-
+    try:
+        pid = json.loads(status.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [c for r in children(pid) if comm(r) == "rsync" for c in children(r) if comm(c) == "ssh"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,107 +274,305 @@ def data_sync_one(host: TestHost, volt_dir: Path, src: Path, root_remote: str, l
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate-mbit", type=float, default=40.0, help="tbf rate on the container's veth (default 40)")
-    ap.add_argument("--scale", type=float, default=1 / 300, help="the guide's sizes times this (default 1/300)")
-    ap.add_argument("--binary-mb", type=float, default=100.0, help="the raw safetensors-like file (default 100 MB)")
-    ap.add_argument("--workdir", default="/tmp/volt-bench")
-    ap.add_argument("--keep", action="store_true", help="keep the workdir and the test host")
+    ap.add_argument("--repetitions", type=int, help="override the config's repetitions")
+    ap.add_argument("--rates", help="comma-separated Mbit/s, override the config's rates")
+    ap.add_argument("--transfer-s", type=float, help="override the config's transfer_s (a quick smoke run; figures need >= 10)")
+    ap.add_argument("--no-drops", action="store_true", help="skip the silent drops and the kill")
+    ap.add_argument("--workdir", default="/tmp/volt-bench-sync")
+    ap.add_argument("--keep", action="store_true", help="keep the workdir and the instance")
     a = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("tc"):
-        raise SystemExit("bench: run as root with tc (iproute2): it shapes the test container's veth")
-
+        raise SystemExit("bench: run as root with tc (iproute2): it shapes the instance's veth")
+    cfg = yaml.safe_load(CONFIG.read_text())
+    reps = a.repetitions or cfg["repetitions"]
+    rates = [float(r) for r in a.rates.split(",")] if a.rates else [float(r) for r in cfg["rates_mbit"]]
+    target = float(a.transfer_s or cfg["transfer_s"])
+    rng = random.Random(cfg["seed"])
+    t_start = time.time()
     load0 = round(os.getloadavg()[0], 2)
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(CONFIG)], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    from volt_ansible.datasync import compress
+    from volt_ansible.local import link
+
     work = Path(a.workdir)
     shutil.rmtree(work, ignore_errors=True)
-    data = work / "VoltData"
-    volt_dir = work / "volt"
-    log(f"making the data: the guide's sizes x {a.scale:.5f}, plus a {a.binary_mb:.0f} MB raw file")
-    sizes = make_tree(data, a.scale)
-    binary = work / "raw" / "weights.safetensors"
-    make_data.write_safetensors(binary, int(a.binary_mb * 1e6), seed=42)
-    jsonl = data / make_data.STACK_PYTHON
-    jsonl_size, binary_size = jsonl.stat().st_size, binary.stat().st_size
-    staging = work / "VoltStaging"  # the guide's pre-flight step 1, done before renting: not timed
-    for rel in GUIDE_MB:
-        dst = staging / ("checkpoints" if rel.startswith("checkpoints/") else "data") / Path(rel).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(data / rel, dst)
-    staging_tgz = work / "VoltStaging.tar.gz"
-    sh(["tar", "-czf", str(staging_tgz), "-C", str(work), "VoltStaging"])
-    vd = guide_volt_data(data)
-    report = datasync.preflight(vd, volt_dir)  # `volt-ansible check`, before renting: fills the digest cache
-    log(f"data: {datasync.human(sum(sizes.values()))} guide-shaped ({datasync.human(jsonl_size)} Stack Python JSONL), "
-        f"tar.gz {datasync.human(staging_tgz.stat().st_size)}; pre-flight hashed {datasync.human(report.hashed_bytes)}")
+    (work / "data").mkdir(parents=True)
+    log(f"config {CONFIG.name} ({commit or 'uncommitted'}): rates {rates} Mbit/s, RTT {cfg['rtt_ms']} ms, {reps} repetitions, "
+        f"~{target:g} s per transfer")
 
-    host = start("volt-bench-sync")
-    host.env["VOLT_DIR"] = str(volt_dir)
-    link = Link(host.name)
-    r = Remote(host)
+    # the corpus's own compressibility (printed beside the results) and this controller's zstd speeds
+    probe_src = make_files(work, "probe.jsonl", "jsonl", 64 << 20, 0)
+    levels = compress.probe_levels(str(probe_src), str(work), levels=(1, 3, 6))
+    zstd3 = subprocess.run(f"zstd -3 -c {shlex.quote(str(probe_src))} | wc -c", shell=True, capture_output=True, text=True).stdout.strip()
+    corpus_ratio = probe_src.stat().st_size / int(zstd3) if zstd3.isdigit() and int(zstd3) else None
+    probe_src.unlink()
+    log("corpus: zstd -3 ratio " + (f"{corpus_ratio:.2f}" if corpus_ratio else "n/a (no zstd CLI)") + "; this controller's rsync: "
+        + ", ".join(f"zstd-{s.level} {s.rate / 1e6:.0f} MB/s x{s.ratio:.2f}" for s in levels))
+
+    w = World(work, cfg["rtt_ms"], cfg["image"])
     out: dict = {}
     try:
-        r.run("true")
-        link.shape(Model(rate_mbit=a.rate_mbit))
-        tc_rate = a.rate_mbit * 1e6 / 8
-        line = measure_line(host.name, link.ip, int(min(20e6, tc_rate * 4)))
-        log(f"link: tbf {a.rate_mbit:g} Mbit/s on {link.dev} ({tc_rate / 1e6:.2f} MB/s of frames); TCP payload {line / 1e6:.2f} MB/s")
+        # untimed: rsync + python3 the way the product puts them there (bootstrap), the role's instance side
+        play = work / "project" / "playbooks" / "sync.yml"
+        seed_item = make_files(work, "seed.jsonl", "jsonl", 1000, 99)
+        setup = w.playbook(play, {"volt_data": {"root_remote": DEST, "local_root": str(seed_item.parent),
+                                                "items": [{"name": "seed", "src": seed_item.name, "dest": "data/seed.jsonl", "kind": "file",
+                                                           "jobs": ["stage1"]}]},
+                                  "data_sync_local_root": str(seed_item.parent)})
+        if setup.returncode != 0:
+            raise SystemExit(f"bench: the bootstrap + data_sync setup play failed:\n{setup.stdout[-3000:]}")
+        log(f"instance volt-{w.id} ({cfg['image']}), relay pid {w.relay_pid}; bootstrap + data_sync installed (untimed)")
 
-        log("the guide's sequence: scp tar.gz, scp python_sample, scp -r the_stack_full, extract + ls")
-        guide = guide_sequence(r, data, staging_tgz)
-        log(f"  stage-1 set in place and checked after {guide['seconds']:.1f}s (python_sample scp {guide['python_sample_s']:.1f}s)")
+        # the line at each rate, then the files sized from it
+        lines, sizes = {}, {}
+        for r in rates:
+            w.shape(r)
+            lines[r] = measure_line(w, cfg["rtt_ms"])
+            # one ssh stream (what rsync -e ssh and scp ride): over a long path its channel window caps it below the line
+            lines[r]["ssh"] = compress.probe_link(["ssh", *w.opts, "-p", str(w.port)], "root@127.0.0.1", seconds=4, skip=1)
+            line, stream = lines[r]["relay"], min(lines[r]["relay"], lines[r]["ssh"])
+            # data_sync's JSONL: the link x the ratio, or ~0.35 x this controller's zstd-1 speed alone, whichever is lower:
+            # what it reached on this 2-core machine, where the instance's sshd and rsync share the cores (first runs:
+            # 63-74 MB/s at 200 and 1000 Mbit with zstd-1 at ~200 MB/s alone; link-bound at 50)
+            best = min(compress.decide(stream, levels).predicted_Bps, 0.35 * max(s.rate for s in levels))
+            sizes[r] = {"jsonl_plain": int(stream * target), "jsonl_ds": int(best * target), "binary": int(stream * target)}
+            log(f"{r:g} Mbit/s: line {line / 1e6:.2f} MB/s through the relay, {lines[r]['direct'] / 1e6:.2f} MB/s straight "
+                f"({line * 8 / 1e6 / r:.3f} of the tbf rate), one ssh stream {lines[r]['ssh'] / 1e6:.2f} MB/s; files: JSONL "
+                f"{sizes[r]['jsonl_plain'] / 1e6:.0f} MB (plain, scp), {sizes[r]['jsonl_ds'] / 1e6:.0f} MB (data_sync), safetensors "
+                f"{sizes[r]['binary'] / 1e6:.0f} MB")
+        files = {}
+        for r in rates:
+            for key, kind in (("jsonl_plain", "jsonl"), ("jsonl_ds", "jsonl"), ("binary", "binary")):
+                files[(r, key)] = make_files(work, f"{key}_{r:g}.{'jsonl' if kind == 'jsonl' else 'safetensors'}", kind, sizes[r][key],
+                                             int(r) + len(key))
+        ds = DataSync(w, work)
+        plans = {}
+        for r in rates:
+            for key in ("jsonl_ds", "binary"):
+                f = files[(r, key)]
+                plans[(r, key)] = ds.plan([{"name": f.stem.replace(".", "_"), "src": f.name, "dest": f"data/{f.name}", "kind": "file",
+                                            "jobs": ["stage1"]}], f.parent)
+        log("pre-flight digests done (untimed)")
 
-        log("plain rsync (no compression): the JSONL, then the raw file")
-        r.run("mkdir -p /root/plain")
-        rsync_jsonl = r.timed(["rsync", "-t", "--partial", "-e", r.rsh, str(jsonl), "root@127.0.0.1:/root/plain/"])
-        rsync_bin = r.timed(["rsync", "-t", "--partial", "-e", r.rsh, str(binary), "root@127.0.0.1:/root/plain/"])
-        log(f"  JSONL {rsync_jsonl:.1f}s, raw {rsync_bin:.1f}s")
+        # the rates, interleaved
+        runs: dict = {}
+        digests: dict = {}
+        contenders = ["plain", "scp", "data_sync"]
+        for rep in range(reps):
+            for r in rates:
+                w.shape(r)
+                order = contenders[rep % 3:] + contenders[: rep % 3]
+                for kind in ("jsonl", "binary"):
+                    for c in order:
+                        f = files[(r, "binary" if kind == "binary" else ("jsonl_ds" if c == "data_sync" else "jsonl_plain"))]
+                        dest = f"{DEST}/data/{f.name}"
+                        clean(w, dest)
+                        b0 = w.veth.tx_bytes()
+                        detail = ""
+                        if c == "plain":
+                            w.exec(f"mkdir -p {DEST}/data")
+                            seconds = plain_rsync(w, f, dest)
+                            # what checking it by digest would add (not counted in plain's rate: rsync checked its own
+                            # transfer; data_sync's time includes its digest check on the instance)
+                            t_check = time.time()
+                            got = sh([*w.ssh, f"sha256sum {shlex.quote(dest)}"]).stdout.split()[0]
+                            runs.setdefault((r, kind, "plain_check"), []).append(time.time() - t_check)
+                            if got != digests.setdefault(f, sha256(f)):
+                                raise SystemExit(f"bench: plain rsync's copy of {f.name} does not match")
+                        elif c == "scp":
+                            w.exec(f"mkdir -p {DEST}/data")
+                            seconds = scp(w, f, dest)
+                        else:
+                            seconds, st = ds.run(plans[(r, "binary" if kind == "binary" else "jsonl_ds")], f"{kind}-{r:g}-{rep}")
+                            detail = f" [{st['items'][next(iter(st['items']))].get('compression')}]"
+                            runs.setdefault((r, kind, "ds_decision"), []).append(st.get("compression", {}))
+                        wire = w.veth.tx_bytes() - b0
+                        size = f.stat().st_size
+                        runs.setdefault((r, kind, c), []).append({"s": seconds, "Bps": size / seconds, "wire": wire, "size": size})
+                        log(f"  rep {rep + 1} {r:g} Mbit {kind:6} {c:9} {size / 1e6:7.0f} MB in {seconds:5.1f}s = {size / seconds / 1e6:6.2f} MB/s, "
+                            f"{wire / 1e6:.0f} MB on the veth{detail}")
+                        w.exec(f"rm -f {shlex.quote(dest)}")  # the next run cleans the rest
 
-        log("data_sync on the guide's tree (returns at stage 1, the rest in the background)")
-        ds = data_sync_guide(host, volt_dir, vd)
-        items = ds["status"]["items"]
-        ds_jsonl_s = items["python_sample"]["transfer_seconds"]
-        log(f"  stage1.ready after {ds['stage1_s']:.1f}s (play returned {ds['play_returned_s']:.1f}s), "
-            f"everything verified after {ds['all_verified_s']:.1f}s; python_sample sent in {ds_jsonl_s:.1f}s")
+        for r in rates:
+            line = lines[r]["relay"]
+            rate = {k: med([x["Bps"] for x in runs[(r, kind, c)]]) for kind in ("jsonl", "binary") for c, k in
+                    ((c, f"{kind}_{c}") for c in contenders)}
+            tag = f"{r:g}"
+            out[f"jsonl_vs_line_{tag}"] = round(rate["jsonl_data_sync"] / line, 3)
+            out[f"jsonl_vs_plain_{tag}"] = round(rate["jsonl_data_sync"] / rate["jsonl_plain"], 3)
+            out[f"binary_vs_plain_{tag}"] = round(rate["binary_data_sync"] / rate["binary_plain"], 3)
+            out.setdefault("raw", {})[tag] = {
+                "line_MBps": round(line / 1e6, 2), "line_direct_MBps": round(lines[r]["direct"] / 1e6, 2),
+                "ssh_stream_MBps": round(lines[r]["ssh"] / 1e6, 2),
+                "line_vs_tbf": round(line * 8 / 1e6 / r, 3),
+                **{f"{k}_MBps": round(v / 1e6, 2) for k, v in rate.items()},
+                **{f"{kind}_{c}_spread_MBps": [round(min(x["Bps"] for x in runs[(r, kind, c)]) / 1e6, 2),
+                                               round(max(x["Bps"] for x in runs[(r, kind, c)]) / 1e6, 2)]
+                   for kind in ("jsonl", "binary") for c in contenders},
+                **{f"{kind}_{c}_s": round(med([x["s"] for x in runs[(r, kind, c)]]), 1) for kind in ("jsonl", "binary") for c in contenders},
+                **{f"{kind}_{c}_wire_MB": round(med([x["wire"] for x in runs[(r, kind, c)]]) / 1e6, 1) for kind in ("jsonl", "binary")
+                   for c in contenders},
+                "plain_sha256_check_s": round(med(runs[(r, "binary", "plain_check")]), 2),
+                "binary_vs_plain_checked": round(rate["binary_data_sync"] / (files[(r, "binary")].stat().st_size / (
+                    med([x["s"] for x in runs[(r, "binary", "plain")]]) + med(runs[(r, "binary", "plain_check")]))), 3),
+                "jsonl_scp_vs_plain": round(rate["jsonl_scp"] / rate["jsonl_plain"], 3),
+                "binary_scp_vs_plain": round(rate["binary_scp"] / rate["binary_plain"], 3),
+                "ds_decisions": [f"zstd-{d['level']}" if d.get("level") is not None else "raw" for d in runs[(r, "jsonl", "ds_decision")]],
+            }
+        out["corpus_zstd3_ratio"] = round(corpus_ratio, 2) if corpus_ratio else None
+        out["controller_zstd_MBps"] = {f"zstd-{s.level}": [round(s.rate / 1e6), round(s.ratio, 2)] for s in levels}
 
-        log("data_sync on the raw file")
-        clean = data_sync_one(host, volt_dir, binary, "/root/ds-clean", link)
-        log(f"  sent in {clean['transfer_s']:.1f}s, {datasync.human(clean['wire_bytes'])} on the veth for the whole play")
+        # silent drops and the kill
+        if not a.no_drops:
+            r = float(cfg["silent_drop"]["rate_mbit"])
+            if r not in rates:
+                raise SystemExit(f"bench: silent_drop.rate_mbit {r:g} is not among the rates run")
+            w.shape(r)
+            cut_s = float(cfg["silent_drop"]["cut_s"])
+            drops: dict = {"jsonl": [], "binary": []}
+            # the JSONL runs here use the level the driver chose at this rate, fixed, so that no link probe's bytes
+            # (~1 s of the link, a little more or less each time) are in the veth count: one clean run is the reference
+            levels_here = [d.get("level") for d in runs[(r, "jsonl", "ds_decision")]]
+            level = max(set(levels_here), key=levels_here.count)
+            drop_plans = {"binary": plans[(r, "binary")], "jsonl": json.loads(json.dumps(plans[(r, "jsonl_ds")]))}
+            drop_plans["jsonl"]["options"].update(compression="fixed", zstd_level=level if level is not None else 3)
+            if level is None:
+                drop_plans["jsonl"]["items"][0]["compress_on"] = False
+            f = files[(r, "jsonl_ds")]
+            clean(w, f"{DEST}/data/{f.name}")
+            b0 = w.veth.tx_bytes()
+            ds.run(drop_plans["jsonl"], "drop-jsonl-clean")
+            clean_wires = {"jsonl": w.veth.tx_bytes() - b0, "binary": med([x["wire"] for x in runs[(r, "binary", "data_sync")]])}
+            clean(w, f"{DEST}/data/{f.name}")
+            log(f"  silent drops at {r:g} Mbit/s: JSONL at zstd-{level} fixed, its clean run {clean_wires['jsonl'] / 1e6:.1f} MB on the veth")
+            for i in range(int(cfg["silent_drop"]["points"])):
+                for kind in ("jsonl", "binary"):
+                    key = "jsonl_ds" if kind == "jsonl" else "binary"
+                    f = files[(r, key)]
+                    clean_wire = clean_wires[kind]
+                    at = rng.uniform(0.2, 0.8)
+                    dest = f"{DEST}/data/{f.name}"
+                    clean(w, dest)
+                    b0 = w.veth.tx_bytes()
+                    t0 = time.time()
+                    proc, status = ds.start(drop_plans[kind], f"drop-{kind}-{i}")
+                    size = f.stat().st_size
+                    while landed(w, f"{DEST}/data", f.name) < at * size:
+                        if proc.poll() is not None:
+                            raise SystemExit(f"bench: the transfer ended before {at:.0%} landed: raise transfer_s")
+                        time.sleep(0.05)
+                    with link.cut_for(w.relay_pid, cut_s):
+                        cut_wall = time.time()
+                        time.sleep(cut_s)
+                    proc.communicate(timeout=900)
+                    total = time.time() - t0
+                    wire = w.veth.tx_bytes() - b0
+                    st = json.loads(status.read_text())
+                    item = next(iter(st["items"].values()))
+                    att = item["attempts"]
+                    detect = att[0]["ended"] - cut_wall if att[0]["rc"] != 0 else float("nan")
+                    rec = {"at": round(at, 3), "detect_s": round(detect, 1), "extra_pct": round(100 * (wire - clean_wire) / size, 3),
+                           "attempts": len(att), "verified": st["state"] == "done" and item["state"] == "verified", "total_s": round(total, 1),
+                           "first_error": att[0]["error"]}
+                    drops[kind].append(rec)
+                    log(f"  silent drop {kind} at {at:.0%}: noticed after {detect:.1f}s ({att[0]['error']}), {len(att)} attempts, "
+                        f"{rec['extra_pct']:+.3f}% of the file beyond a clean run, verified={rec['verified']}, {total:.0f}s in all")
+                    clean(w, dest)
+            out["silent_drop_detect_s"] = round(max(x["detect_s"] for k in drops for x in drops[k]), 1)
+            out["silent_drop_extra_pct_jsonl"] = round(max(x["extra_pct"] for x in drops["jsonl"]), 3)
+            out["silent_drop_extra_pct_binary"] = round(max(x["extra_pct"] for x in drops["binary"]), 3)
+            out["silent_drop_all_verified"] = all(x["verified"] for k in drops for x in drops[k])
+            out["silent_drops"] = drops
 
-        log("data_sync on the raw file, SSH connection killed at ~50%")
-        resumed = data_sync_one(host, volt_dir, binary, "/root/ds-resume", link, kill_at=clean["wire_bytes"] * 0.5)
-        extra = resumed["wire_bytes"] - clean["wire_bytes"]
-        log(f"  killed at {datasync.human(resumed['killed_at'] or 0)}, {len(resumed['attempts'])} attempts, "
-            f"{datasync.human(resumed['wire_bytes'])} on the veth ({extra:+,} bytes vs the clean run)")
-        if not resumed["killed_at"] or len(resumed["attempts"]) < 2:
-            raise SystemExit("bench: the kill did not interrupt the transfer")
+            r = float(cfg["kill_rate_mbit"])
+            w.shape(r)
+            f = files[(r, "binary")]
+            dest = f"{DEST}/data/{f.name}"
+            clean(w, dest)
+            b0 = w.veth.tx_bytes()
+            proc, status = ds.start(plans[(r, "binary")], "kill")
+            size = f.stat().st_size
+            killed = None
+            while killed is None and proc.poll() is None:
+                if landed(w, f"{DEST}/data", f.name) >= 0.5 * size:
+                    for pid in driver_pid_rsync_ssh(status):
+                        os.kill(pid, signal.SIGKILL)
+                        killed = pid
+                time.sleep(0.05)
+            proc.communicate(timeout=900)
+            wire = w.veth.tx_bytes() - b0
+            st = json.loads(status.read_text())
+            clean_wire = med([x["wire"] for x in runs[(r, "binary", "data_sync")]])
+            out["kill_extra_pct"] = round(100 * (wire - clean_wire) / size, 3)
+            log(f"  SIGKILL of the rsync's ssh at 50%: {len(next(iter(st['items'].values()))['attempts'])} attempts, "
+                f"{out['kill_extra_pct']:+.3f}% beyond a clean run, state {st['state']}")
+            if killed is None or st["state"] != "done":
+                raise SystemExit("bench: the kill did not interrupt the transfer, or it did not complete")
+            clean(w, dest)
 
-        out = {
-            "effective_vs_line_jsonl": round(jsonl_size / ds_jsonl_s / line, 3),
-            "effective_vs_line_binary": round(binary_size / clean["transfer_s"] / line, 3),
-            "resume_extra_bytes_pct": round(100 * extra / binary_size, 3),
-            "stage1_verified_speedup": round(guide["seconds"] / ds["stage1_s"], 1),
-            "line_MBps": round(line / 1e6, 3),
-            "tc_rate_mbit": a.rate_mbit,
-            "line_vs_tc_rate": round(line / tc_rate, 3),
-            "scp_jsonl_vs_line": round(jsonl_size / guide["python_sample_s"] / line, 3),
-            "rsync_jsonl_vs_line": round(jsonl_size / rsync_jsonl / line, 3),
-            "rsync_binary_vs_line": round(binary_size / rsync_bin / line, 3),
-            "data_sync_binary_vs_tc_rate": round(binary_size / clean["transfer_s"] / tc_rate, 3),
-            "data_sync_jsonl_vs_tc_rate": round(jsonl_size / ds_jsonl_s / tc_rate, 3),
-            "guide_stage1_s": round(guide["seconds"], 1),
-            "data_sync_stage1_s": round(ds["stage1_s"], 1),
-            "data_sync_all_verified_s": round(ds["all_verified_s"], 1),
-            "jsonl_bytes": jsonl_size,
-            "binary_bytes": binary_size,
-            "resume_killed_at_bytes": resumed["killed_at"],
-            "resume_second_attempt_literal_bytes": resumed["attempts"][-1]["literal"],
-            "scale": a.scale,
-            "loadavg_1m_start_end": [load0, round(os.getloadavg()[0], 2)],  # the machine's other work skews CPU-bound ratios
-        }
+        # stage 1's inputs: the guide's tarball vs data_sync
+        r = float(cfg["stage1_rate_mbit"])
+        w.shape(r)
+        s1 = work / "stage1"
+        items = []
+        for i, (name, (rel, mb)) in enumerate(STAGE1_MB.items()):
+            path = s1 / rel
+            if rel.endswith(".safetensors"):
+                make_data.write_safetensors(path, int(mb * 1e6), seed=100 + i)
+            else:  # stage 1 reads code_pairs records (the pre-flight checks them)
+                make_data.write_jsonl(path, int(mb * 1e6), offset=500 * i, kind="pairs")
+            items.append({"name": name, "src": rel, "dest": rel, "kind": "file", "jobs": ["stage1"]})
+        tgz = work / "stage1.tar.gz"
+        sh(["tar", "-czf", str(tgz), "-C", str(s1), "checkpoints", "data"])  # made beforehand, as the guide's staging step
+        vd = {"root_remote": DEST, "local_root": str(s1), "items": items}
+        s1_plan = ds.plan(items, s1)
+        role_vars = {"volt_data": vd, "data_sync_local_root": str(s1), "data_sync_wait_jobs": ["stage1"]}
+        s1_paths = [f"{DEST}/{it['dest']}" for it in items]
+        from ttg_instances import Watch
+
+        stage1: dict = {"tarball": [], "role": [], "driver": []}
+        for rep in range(reps):
+            for c in ["tarball", "role", "driver"][rep % 3:] + ["tarball", "role", "driver"][: rep % 3]:
+                clean(w, *s1_paths, "/root/stage1.tar.gz")
+                if c == "tarball":
+                    t0 = time.time()
+                    sh([*w.scp, str(tgz), "root@127.0.0.1:/root/stage1.tar.gz"])
+                    sh([*w.ssh, f"mkdir -p {DEST} && tar -xzf /root/stage1.tar.gz -C {DEST} && ls -l {' '.join(s1_paths)} >/dev/null"])
+                    stage1[c].append(time.time() - t0)
+                else:
+                    watch = Watch(w, f"{DEST}/.volt-sync/stage1.ready")
+                    time.sleep(0.5)
+                    t0 = time.time()
+                    if c == "role":
+                        proc = w.playbook(play, role_vars)
+                        if proc.returncode != 0:
+                            raise SystemExit(f"bench: the data_sync play failed:\n{proc.stdout[-3000:]}")
+                    else:
+                        ds.run(s1_plan, f"stage1-{rep}")
+                    at = watch.wait(60)
+                    watch.stop()
+                    if at is None:
+                        raise SystemExit("bench: stage1.ready never appeared")
+                    stage1[c].append(at - t0)
+                log(f"  stage 1 {c:8} {stage1[c][-1]:.1f}s")
+        out["stage1_vs_tarball"] = round(med(stage1["tarball"]) / med(stage1["role"]), 3)
+        out["stage1_vs_tarball_driver"] = round(med(stage1["tarball"]) / med(stage1["driver"]), 3)
+        out["stage1_s"] = {k: round(med(v), 2) for k, v in stage1.items()}
+        out["stage1_spread_s"] = {k: [round(min(v), 2), round(max(v), 2)] for k, v in stage1.items()}
+        out["stage1_MB"] = round(sum(mb for _, mb in STAGE1_MB.values()), 1)
     finally:
-        link.unshape()
         if not a.keep:
-            stop(host)
+            w.destroy()
             shutil.rmtree(work, ignore_errors=True)
+    out["rtt_ms"] = cfg["rtt_ms"]
+    out["repetitions"] = reps
+    out["config_commit"] = commit or "uncommitted"
+    out["wall_s"] = round(time.time() - t_start)
+    out["loadavg_1m_start_end"] = [load0, round(os.getloadavg()[0], 2)]
+    keys = [k for k in out if k.startswith(("jsonl_vs", "binary_vs"))] + ["silent_drop_detect_s", "silent_drop_extra_pct_jsonl",
+                                                                           "silent_drop_extra_pct_binary", "kill_extra_pct", "stage1_vs_tarball"]
+    log("summary: " + ", ".join(f"{k} {out[k]}" for k in keys if k in out))
     print(json.dumps(out))
     return 0
 

@@ -62,6 +62,7 @@ def test_the_relay_adds_the_round_trip_time_and_the_veth_gets_the_rate(tmp_path)
         far = round_trips("127.0.0.1", port)
         assert min(far) >= 0.080, far  # never shorter than the model: each direction held 40 ms
         assert statistics.median(far) < 0.080 + 0.25 and direct < 0.02, (far, direct)  # and not much longer
+        cut_silently_and_restore(port, pid)
         veth.shape(link.Model(rate_mbit=50))
         assert "tbf" in veth.qdiscs() and "rate 50Mbit" in veth.qdiscs()
         # the package mirror (aptcache's address and port) stays unshaped: a real one is next to the instance
@@ -75,6 +76,40 @@ def test_the_relay_adds_the_round_trip_time_and_the_veth_gets_the_rate(tmp_path)
         stop(host)
     time.sleep(0.2)
     assert not link.relay_running(pid)
+
+
+def echoes(s: socket.socket, data: bytes, wait: float) -> bytes | None:
+    s.settimeout(wait)
+    try:
+        return s.recv(len(data))
+    except TimeoutError:
+        return None
+
+
+def cut_silently_and_restore(port: int, pid: int) -> None:
+    """link.cut: nothing passes either way and no socket is closed (a new connection is accepted, then silent); after
+    restore what was held arrives on the same connections; a connection whose client gave up during the cut is dropped."""
+    kept = socket.create_connection(("127.0.0.1", port), timeout=5)
+    kept.sendall(b"a")
+    assert echoes(kept, b"a", 5) == b"a"
+    with link.cut_for(pid, 30) as t0:
+        kept.sendall(b"b")
+        assert echoes(kept, b"b", 1.0) is None  # silent: no reply, no RST, no EOF
+        late = socket.create_connection(("127.0.0.1", port), timeout=5)  # the relay's kernel still accepts
+        late.sendall(b"c")
+        assert echoes(late, b"c", 0.5) is None
+        gone = socket.create_connection(("127.0.0.1", port), timeout=5)
+        gone.close()  # gives up during the cut
+        time.sleep(0.2)
+    assert time.monotonic() - t0 < 5  # the block's end restored it, not the 30 s timer
+    assert echoes(kept, b"b", 5) == b"b"  # held, then delivered
+    kept.sendall(b"d")
+    assert echoes(kept, b"d", 5) == b"d"
+    kept.close()  # the echo server serves one connection at a time: the late one is next
+    assert echoes(late, b"c", 5) == b"c"
+    late.close()
+    with pytest.raises(VoltError):
+        link.cut(os.getpid())  # only a relay this module started
 
 
 @pytest.mark.podman

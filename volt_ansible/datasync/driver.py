@@ -3,6 +3,10 @@ tier by tier, needed-first, several items at once, retried and resumed; each ite
 tiers while the next one moves), sent again once on a mismatch; the markers written there; a status file the role's
 wait polls.
 
+Compression adapts (datasync/compress.py): before its first big compressible item moves, the driver measures this
+controller's zstd speed per level and the link's raw rate once, and sends those items at the level that moves them
+fastest, or raw; the decision is one line in the log and `compression` in the status file.
+
 On the instance it runs the helper the role installed (`<root>/.volt-sync/lib/data_sync_remote.py`, the role's
 module_utils with volt_fileops beside it), so both ends hash with the same code."""
 
@@ -19,8 +23,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from volt_ansible.datasync import compress
 from volt_ansible.datasync.preflight import human
-from volt_ansible.datasync.transport import RSYNC_NETWORK_RC, parse_stats, refused, remote_argv, rsync_argv, ssh_argv
+from volt_ansible.datasync.transport import (
+    RSYNC_NETWORK_RC,
+    keepalive_of,
+    parse_stats,
+    refused,
+    remote_argv,
+    rsync_argv,
+    ssh_argv,
+)
 from volt_ansible.errors import VoltError
 from volt_ansible.fileops import atomic_write, walk_files
 
@@ -51,6 +64,9 @@ class Driver:
         }
         self.control_dir = tempfile.mkdtemp(prefix="vds-", dir="/tmp")  # short: ControlPath must fit 108 bytes
         self.control = os.path.join(self.control_dir, "cm")
+        self.keepalive = keepalive_of(self.opts)
+        self._decision: compress.Decision | None = None
+        self._deciding = threading.Lock()
 
     # -- bookkeeping
     def log(self, msg: str) -> None:
@@ -98,7 +114,7 @@ class Driver:
     def remote(self, command: str, args: dict) -> dict:
         """Run the instance side's `command` (the helper the role installed), over the control connection, with retries."""
         host = self.ssh["host"]
-        argv = remote_argv(self.ssh, self.control, self.opts.get("remote_python", "python3"), self.root, command, args)
+        argv = remote_argv(self.ssh, self.control, self.opts.get("remote_python", "python3"), self.root, command, args, self.keepalive)
         last = ""
         for attempt in range(int(self.opts.get("retries", 5)) + 1):
             if self.stopping.is_set():
@@ -120,26 +136,78 @@ class Driver:
     def _delay(self, attempt: int) -> float:
         return min(60.0, float(self.opts.get("retry_delay_s", 5)) * (2 ** attempt))
 
+    # -- compression
+    def adaptive(self, it: dict) -> bool:
+        """Whether this item's compression is the run's measured decision (else the configured level, or raw)."""
+        return (bool(it.get("compress_on")) and self.opts.get("compression", "auto") == "auto"
+                and it["size"] >= int(self.opts.get("adapt_min_bytes", compress.MIN_ADAPT_BYTES)))
+
+    def decision(self) -> compress.Decision:
+        """The run's compression decision, measured once (the first caller measures, the others wait for it)."""
+        with self._deciding:
+            if self._decision is None:
+                self._decision = self._measure()
+                with self.lock:
+                    self.status["compression"] = self._decision.as_dict()
+                self.save()
+        return self._decision
+
+    def _measure(self) -> compress.Decision:
+        big = max((it for it in self.items.values() if self.adaptive(it)), key=lambda it: it["size"])
+        t0 = time.time()
+        # the link over the driver's control connection (up since prepare: no handshake), the cores meanwhile
+        rate: list[float] = []
+        via = ssh_argv(self.ssh, self.control, master=False, keepalive=self.keepalive)
+        prober = threading.Thread(target=lambda: rate.append(compress.probe_link(via, self.ssh["host"], self.opts.get("remote_python", "python3"))))
+        prober.start()
+        sample = compress.sample_of(big["src"], big["kind"])
+        try:
+            speeds = compress.probe_levels(sample, self.control_dir) if sample else []
+        except (OSError, subprocess.SubprocessError) as e:
+            self.log(f"compression probe failed ({e}): zstd-{int(self.opts.get('zstd_level', 3))} as configured")
+            speeds = []
+        prober.join()
+        link = rate[0] if rate else 0.0
+        if not speeds:
+            level = int(self.opts.get("zstd_level", 3))
+            d = compress.Decision(level, link, 0.0, (), "the compression probe failed: the configured level")
+        else:
+            d = compress.decide(link, speeds)
+        self.log(d.line(big["name"]) + f" [measured in {time.time() - t0:.1f}s]")
+        return d
+
+    def level_for(self, it: dict) -> int | None | str:
+        if not it.get("compress_on"):
+            return None
+        if self.adaptive(it):
+            return self.decision().level
+        return "default"
+
     # -- one item
-    def rsync_argv(self, it: dict, force: bool) -> list[str]:
-        return rsync_argv(self.ssh, self.control, self.root, it, self.opts, force)
+    def rsync_argv(self, it: dict, force: bool, level: int | None | str = "default") -> list[str]:
+        return rsync_argv(self.ssh, self.control, self.root, it, self.opts, force, level)
 
     def transfer(self, name: str, force: bool = False) -> bool:
         it = self.items[name]
-        argv = self.rsync_argv(it, force)
+        level = self.level_for(it)
+        argv = self.rsync_argv(it, force, level)
+        how = "raw" if level is None else f"zstd-{int(self.opts.get('zstd_level', 3)) if level == 'default' else level}"
         retries = int(self.opts.get("retries", 5))
-        self.set_item(name, state="sending")
+        self.set_item(name, state="sending", compression=how)
         for attempt in range(retries + 1):
             if self.stopping.is_set():
                 return False
-            self.log(f"send {name} ({human(it['size'])}, {'zstd' if it.get('compress_on') else 'raw'}) attempt {attempt + 1}")
+            if attempt:
+                self._reap(name)
+            self.log(f"send {name} ({human(it['size'])}, {how}) attempt {attempt + 1}")
             t0 = time.time()
             p = self._run(argv)
             seconds = time.time() - t0
             stats = parse_stats(p.stdout.decode(errors="replace"))
             stderr = p.stderr.decode(errors="replace")
             err = (stderr.strip().splitlines() or [""])[-1]
-            rec = {"rc": p.returncode, "seconds": round(seconds, 3), "force": force, "error": err if p.returncode else None, **stats}
+            rec = {"rc": p.returncode, "seconds": round(seconds, 3), "started": round(t0, 3), "ended": round(t0 + seconds, 3),
+                   "force": force, "error": err if p.returncode else None, **stats}
             with self.lock:
                 st = self.status["items"][name]
                 st["attempts"].append(rec)
@@ -164,6 +232,21 @@ class Driver:
         self.fail(name, f"{name}: rsync to {self.ssh['host']} failed {retries + 1} times (last rc={p.returncode}: {err}): "
                         f"check the connection, then run the data_sync role again: it resumes from the partial file")
         return False
+
+    def _reap(self, name: str) -> None:
+        """Before a retry, stop the rsync the dropped connection left receiving this item on the instance (after a silent
+        drop its sshd may not have noticed yet), so that it keeps its partial file and the retry resumes from it. Best
+        effort, one try: a link still down fails here, and the retry's own rsync says so."""
+        it = self.items[name]
+        dest = f"{self.root}/{it['dest']}" + ("/" if it["kind"] == "dir" else "")
+        argv = remote_argv(self.ssh, self.control, self.opts.get("remote_python", "python3"), self.root, "reap", {"dest": dest},
+                           self.keepalive)
+        p = self._run(argv, timeout=60)
+        if p.returncode == 0:
+            with contextlib.suppress(ValueError, IndexError):
+                res = json.loads(p.stdout.decode().strip().splitlines()[-1])
+                if res.get("reaped") or res.get("left"):
+                    self.log(f"{name}: stopped the instance's rsync left from the dropped connection ({res})")
 
     def _verify_call(self, names: list[str], reject: bool) -> dict:
         items = [{"name": n, "dest": self.items[n]["dest"], "kind": self.items[n]["kind"], "expect": self.items[n]["digest"]} for n in names]
@@ -263,6 +346,7 @@ class Driver:
                     futures = {sender.submit(self._send_one, name): name for name in tiers[tier]}
                     if rank == 0:
                         sent = [futures[f] for f in as_completed(futures) if f.result()]
+                        self._decide_early()  # the link is free while the first tier verifies
                         if sent:
                             self.verify(sent)
                     else:
@@ -295,10 +379,19 @@ class Driver:
             self.save()
             raise
         finally:
-            subprocess.run([*ssh_argv(self.ssh, self.control), "-O", "exit", self.ssh["host"]], capture_output=True)
+            subprocess.run([*ssh_argv(self.ssh, self.control, keepalive=self.keepalive), "-O", "exit", self.ssh["host"]], capture_output=True)
             shutil.rmtree(self.control_dir, ignore_errors=True)
             if self.log_file:
                 self.log_file.close()
+
+    def _decide_early(self) -> None:
+        """Measure for the compression decision now, in the background, when a later item will need it."""
+        if any(self.adaptive(it) for it in self.items.values()) and not self._deciding.locked() and self._decision is None:
+            threading.Thread(target=self._decide_quietly, daemon=True).start()
+
+    def _decide_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # a failed measurement is measured again (and reported) by the item that needs it
+            self.decision()
 
     def _send_one(self, name: str) -> bool:
         if self.abort.is_set() or self.stopping.is_set():

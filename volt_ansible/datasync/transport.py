@@ -21,10 +21,25 @@ MUX_BELOW_BYTES = 64 << 20  # items smaller than this share the driver's SSH con
 REMOTE_LIB = f"{SYNC_DIR}/lib/data_sync_remote.py"
 
 
-def ssh_argv(conn: dict, control: str | None = None, master: bool = True) -> list[str]:
+# data_sync's own keepalive (ssh.argv's default is 15 s x 4, a minute): a link that goes silent (no RST, nothing
+# arrives) is noticed by ssh after about KEEPALIVE_S x KEEPALIVE_COUNT (ServerAliveInterval / ServerAliveCountMax),
+# and by rsync --timeout (data_sync_io_timeout_s), whichever is first; the driver's retry then stops the instance's
+# rsync left from that connection (Driver._reap: it keeps its partial file), and resumes from it.
+KEEPALIVE_S = 5
+KEEPALIVE_COUNT = 3
+
+
+def ssh_argv(conn: dict, control: str | None = None, master: bool = True, keepalive: tuple[int, int] | None = None) -> list[str]:
     """ssh with the inventory's connection: a data connection of its own per transfer (parallel items = parallel TCP
-    streams, each with its own SSH channel window), or the driver's multiplexed control connection for short commands."""
-    return ssh.argv(conn, control=control, master=master)
+    streams, each with its own SSH channel window), or the driver's multiplexed control connection for short commands.
+    keepalive: (ServerAliveInterval, ServerAliveCountMax), first on the line (ssh keeps an option's first value)."""
+    interval, count = keepalive or (KEEPALIVE_S, KEEPALIVE_COUNT)
+    argv = ssh.argv(conn, control=control, master=master, keepalive=False)
+    return [argv[0], "-o", f"ServerAliveInterval={int(interval)}", "-o", f"ServerAliveCountMax={int(count)}", *argv[1:]]
+
+
+def keepalive_of(opts: dict) -> tuple[int, int]:
+    return int(opts.get("keepalive_s", KEEPALIVE_S)), int(opts.get("keepalive_count", KEEPALIVE_COUNT))
 
 
 def refused(conn: dict, stderr: str) -> str | None:
@@ -32,20 +47,24 @@ def refused(conn: dict, stderr: str) -> str | None:
     return ssh.host_key_line(stderr, f"the instance at {conn.get('host')}:{conn.get('port') or 22}")
 
 
-def remote_argv(conn: dict, control: str, python: str, root: str, command: str, args: dict) -> list[str]:
+def remote_argv(conn: dict, control: str, python: str, root: str, command: str, args: dict,
+                keepalive: tuple[int, int] | None = None) -> list[str]:
     """`python3 <root>/.volt-sync/lib/data_sync_remote.py <command> '<json>'` on the instance, over the control connection."""
     line = shlex.join([python, "-B", f"{root}/{REMOTE_LIB}", command, json.dumps(args)])
-    return [*ssh_argv(conn, control), conn["host"], line]
+    return [*ssh_argv(conn, control, keepalive=keepalive), conn["host"], line]
 
 
-def rsync_argv(conn: dict, control: str, root: str, it: dict, opts: dict, force: bool) -> list[str]:
-    """rsync of one plan item to root/dest on the instance, resumable (--partial-dir), zstd when the item compresses."""
+def rsync_argv(conn: dict, control: str, root: str, it: dict, opts: dict, force: bool, level: int | None | str = "default") -> list[str]:
+    """rsync of one plan item to root/dest on the instance, resumable (--partial-dir); zstd when the item compresses, at
+    `level` (the adaptive decision: an int, or None for raw) or else the configured data_sync_zstd_level."""
     host = conn["host"]
     host = f"[{host}]" if ":" in host else host
     argv = ["rsync", "-rt", "--copy-links", "-s", f"--partial-dir={PARTIAL_DIR}", "--mkpath", "--stats",
-            f"--timeout={int(opts.get('io_timeout_s', 120))}"]
-    if it.get("compress_on"):
-        argv += ["--compress", "--compress-choice=zstd", f"--compress-level={int(opts.get('zstd_level', 3))}"]
+            f"--timeout={int(opts.get('io_timeout_s', 15))}"]
+    if level == "default":
+        level = int(opts.get("zstd_level", 3))
+    if it.get("compress_on") and level is not None:
+        argv += ["--compress", "--compress-choice=zstd", f"--compress-level={int(level)}"]
     if int(opts.get("bwlimit_kbps", 0)) > 0:
         argv.append(f"--bwlimit={int(opts['bwlimit_kbps'])}")
     if force:
@@ -57,7 +76,8 @@ def rsync_argv(conn: dict, control: str, root: str, it: dict, opts: dict, force:
         src, dest = src + "/", dest + "/"
     # small items ride the driver's control connection (no SSH handshake each); big ones get a
     # connection of their own (a TCP stream and an SSH channel window each)
-    via = ssh_argv(conn, control, master=False) if it["size"] < MUX_BELOW_BYTES else ssh_argv(conn)
+    ka = keepalive_of(opts)
+    via = ssh_argv(conn, control, master=False, keepalive=ka) if it["size"] < MUX_BELOW_BYTES else ssh_argv(conn, keepalive=ka)
     return [*argv, "-e", shlex.join(via), src, f"{host}:{dest}"]
 
 

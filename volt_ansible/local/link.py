@@ -8,6 +8,10 @@ a local container is neither unless this models it:
   holds every chunk RTT/2 in each direction, so each SSH round trip (an Ansible task, a rsync handshake, an SSH
   channel window update) costs the RTT, as it would over a real link. TCP's own slow start over the long path is not
   modelled by the relay, and loss needs netem (refused without it).
+- a silent drop (the link loses everything for a while, no RST, no FIN): `cut(relay_pid)` / `restore(relay_pid)`, or
+  `with cut_for(relay_pid, 30):`, on an instance whose delay the relay makes (this kernel has no netem and no
+  act_gact, so no qdisc or filter can drop on the veth): the relay stops reading and writing both ways without
+  closing a socket (class Gate). A test that needs a cut without a delay starts a relay with rtt 0.
 
 Set from the environment of the command that rents (the double starts the instance): VOLT_LOCAL_RTT_MS,
 VOLT_LOCAL_RATE_MBIT, VOLT_LOCAL_LOSS_PCT; all unset = a free local link. Only ever the test container's own
@@ -21,9 +25,11 @@ import contextlib
 import functools
 import gzip
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,61 +159,152 @@ def apply(container: str, model: Model) -> tuple[Veth, bool]:
 
 # -- the relay: the delay where the kernel has no netem ----------------------------------------------------------------
 
+READ_CHUNK = 256 << 10  # bytes per read: fewer wake-ups per MB (the relay is pure Python and shares the cores)
+TCP_ESTABLISHED = 1
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, hang_up) -> None:
-    """Copy one direction, each chunk written `delay_s` after it arrived (order kept, at most RELAY_BUFFER held).
-    A write that fails hangs up both connections (`hang_up`), as a dead path does."""
+
+class Gate:
+    """The relay's silent cut (`cut()` / `restore()` below, SIGUSR1 / SIGUSR2 to the relay): while it is closed the
+    relay reads nothing and writes nothing in either direction and opens no new upstream connection, but closes no
+    socket, as a path that drops every packet does (no RST, no FIN: only the endpoints' own timeouts notice).
+    On restore, a connection of which one end gave up during the cut (it closed its socket: the relay's side is in
+    CLOSE_WAIT or closed) is dropped with a RST on both sides and what the relay held for it is discarded (lost on
+    the dead path, as in a real drop); a connection both ends kept goes on where it was (TCP's retransmission).
+    The RST at restore is kinder than a real path: there the far end learns of it only when its own retransmission
+    (backed off, maybe tens of seconds later) meets the closed end's RST; data_sync does not rely on it (its retry
+    stops the instance's leftover rsync itself)."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+        self.conns: set[_Conn] = set()
+
+    def cut(self) -> None:
+        self.open.clear()
+
+    def restore(self) -> None:
+        if self.open.is_set():
+            return
+        for conn in list(self.conns):
+            if not conn.alive():
+                conn.abort()
+        self.open.set()
+
+
+class _Conn:
+    def __init__(self, gate: Gate, client: asyncio.StreamWriter):
+        self.gate = gate
+        self.writers = [client]
+        self.dead = False
+
+    def alive(self) -> bool:
+        for w in self.writers:
+            sock = w.get_extra_info("socket")
+            try:
+                if sock is None or sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def abort(self) -> None:
+        self.dead = True
+        for w in self.writers:
+            sock = w.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close = RST
+            w.transport.abort()
+
+    def hang_up(self) -> None:
+        for w in self.writers:
+            w.close()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, conn: _Conn) -> None:
+    """Copy one direction, each chunk written `delay_s` after it arrived (order kept). The relay holds about the
+    link's bandwidth x delay, not more: it reads on only while its writes flow (`flowing`) and at most RELAY_BUFFER
+    is held, so a slower link behind it (tbf) backs up into the sender, as at a real bottleneck, instead of into the
+    relay. A write that fails hangs up both connections, as a dead path does. Nothing moves while the gate is closed."""
     loop = asyncio.get_running_loop()
+    gate = conn.gate
     queue: asyncio.Queue = asyncio.Queue()
-    room = asyncio.Semaphore(max(1, RELAY_BUFFER >> 16))  # 64 KiB reads
+    room = asyncio.Semaphore(max(1, RELAY_BUFFER // READ_CHUNK))
+    flowing = asyncio.Event()
+    flowing.set()
 
     async def deliver() -> None:
+        ended = False  # the reader's None was taken
         try:
             while (item := await queue.get()) is not None:
                 due, data = item
                 if (wait := due - loop.time()) > 0:
                     await asyncio.sleep(wait)
+                await gate.open.wait()
+                if conn.dead:
+                    break
                 writer.write(data)
-                await writer.drain()
+                if writer.transport.get_write_buffer_size() > 0:
+                    flowing.clear()
+                    await writer.drain()
+                    flowing.set()
                 room.release()
-            if writer.can_write_eof():
-                writer.write_eof()
+            else:
+                ended = True
+                if writer.can_write_eof():
+                    await gate.open.wait()
+                    if not conn.dead:
+                        writer.write_eof()
         except (ConnectionError, OSError):
-            hang_up()
-            while await queue.get() is not None:  # the reading side must never wait for room again
+            conn.hang_up()
+        finally:
+            flowing.set()
+        if not ended:  # the reading side must never wait for room again
+            while await queue.get() is not None:
                 room.release()
 
     sender = asyncio.create_task(deliver())
     try:
-        while True:
+        while not conn.dead:
             await room.acquire()
-            data = await reader.read(1 << 16)
-            if not data:
+            await flowing.wait()
+            await gate.open.wait()
+            if conn.dead:
+                break
+            data = await reader.read(READ_CHUNK)
+            if not data or conn.dead:
                 break
             queue.put_nowait((loop.time() + delay_s, data))
     except (ConnectionError, OSError):
-        hang_up()
+        conn.hang_up()
     finally:
         queue.put_nowait(None)
         await sender
 
 
-async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float) -> None:
+async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float, gate: Gate) -> None:
     async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(gate, c_writer)
+        gate.conns.add(conn)
         try:
-            s_reader, s_writer = await asyncio.open_connection(*target)
-        except OSError:
-            c_writer.close()  # like a host that is gone: the client sees the connection closed
-            return
-
-        def hang_up() -> None:
-            for w in (c_writer, s_writer):
-                w.close()
-
-        await asyncio.gather(_pump(c_reader, s_writer, delay_s, hang_up), _pump(s_reader, c_writer, delay_s, hang_up))
-        hang_up()
+            await gate.open.wait()  # a cut link: the client's connect is answered (by the kernel), then nothing
+            if conn.dead:
+                return
+            try:
+                s_reader, s_writer = await asyncio.open_connection(*target)
+            except OSError:
+                c_writer.close()  # like a host that is gone: the client sees the connection closed
+                return
+            conn.writers.append(s_writer)
+            await asyncio.gather(_pump(c_reader, s_writer, delay_s, conn), _pump(s_reader, c_writer, delay_s, conn))
+            if not conn.dead:
+                conn.hang_up()
+        finally:
+            gate.conns.discard(conn)
 
     server = await asyncio.start_server(handle, sock=listen)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, gate.cut)
+    loop.add_signal_handler(signal.SIGUSR2, gate.restore)
     async with server:
         await server.serve_forever()
 
@@ -218,7 +315,7 @@ def relay_main(argv: list[str]) -> int:
     port_file, ip, port, rtt_ms = argv
     listen = socket.create_server(("127.0.0.1", 0))
     Path(port_file).write_text(f"{listen.getsockname()[1]}\n")
-    asyncio.run(_serve(listen, (ip, int(port)), float(rtt_ms) / 2000.0))
+    asyncio.run(_serve(listen, (ip, int(port)), float(rtt_ms) / 2000.0, Gate()))
     return 0
 
 
@@ -243,6 +340,35 @@ def start_relay(run_dir: Path, name: str, ip: str, rtt_ms: float, port: int = 22
 def relay_running(pid: int | None) -> bool:
     """Whether `pid` is a relay this module started."""
     return procs.started_here(pid, "volt_ansible.local.link", "relay")
+
+
+def cut(pid: int | None) -> None:
+    """Cut the link of the instance behind relay `pid` silently (see Gate): nothing passes until restore(pid)."""
+    if not relay_running(pid):
+        raise VoltError(f"local link: no relay {pid} of this module to cut (the link is cut only where a relay makes the delay)")
+    os.kill(pid, signal.SIGUSR1)
+
+
+def restore(pid: int | None) -> None:
+    """End a cut(pid)."""
+    if relay_running(pid):
+        os.kill(pid, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
+def cut_for(pid: int | None, seconds: float):
+    """Cut the link now and restore it `seconds` later (or when the block ends, whichever is first); yields the
+    monotonic time of the cut."""
+    cut(pid)
+    t0 = time.monotonic()
+    timer = threading.Timer(seconds, restore, (pid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield t0
+    finally:
+        timer.cancel()
+        restore(pid)
 
 
 def stop_relay(pid: int | None) -> None:

@@ -188,7 +188,42 @@ def install(root: str) -> list:
     return written
 
 
-COMMANDS = {"verify": verify, "ready": ready, "prepare": prepare}
+def _rsync_servers(dest: str) -> list:
+    """Pids of this user's `rsync --server ...` processes whose destination (their last argument) is `dest`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]) == "rsync" and "--server" in argv and argv[-1] == dest:
+            found.append(int(pid))
+    return found
+
+
+def reap(args: dict) -> dict:
+    """Before a retry: stop the rsync a dropped connection left receiving into `dest` (after a silent drop the instance
+    may not have noticed yet: its sshd still waits on a connection the controller gave up on). SIGTERM makes it keep
+    what it received in its partial dir, so the retry resumes from there instead of starting over beside it."""
+    dest, wait_s = args["dest"], float(args.get("wait_s", 5))
+    pids = _rsync_servers(dest)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 15)
+    deadline = time.time() + wait_s
+    left = pids
+    while left and time.time() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if os.path.exists(f"/proc/{pid}")]
+    return {"reaped": sorted(set(pids) - set(left)), "left": left}
+
+
+COMMANDS = {"verify": verify, "ready": ready, "prepare": prepare, "reap": reap}
 
 
 def main(argv: list) -> int:
