@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from test_data_sync import make_data, play  # its role play and the data generator
 
 from volt_ansible.datasync import compress
 from volt_ansible.local import link
-
-_spec = importlib.util.spec_from_file_location("make_data", REPO / "roles/data_sync/molecule/default/make_data.py")
-make_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_data)
 
 MB = 1e6
 
@@ -68,22 +63,8 @@ def test_the_level_probe_measures_this_controllers_rsync_on_a_sample(tmp_path: P
 # ----------------------------------------------------------------------------------------------
 # a silent drop, end to end
 
-PLAY = """
-- hosts: volt
-  gather_facts: false
-  tasks:
-    - name: Sync
-      ansible.builtin.include_role:
-        name: data_sync
-      vars:
-        data_sync_poll_s: 1
-        data_sync_retry_delay_s: 1
-        data_sync_keepalive_s: 2
-        data_sync_keepalive_count: 2
-        data_sync_io_timeout_s: 6
-        data_sync_compression: fixed
-        data_sync_disk_margin_gb: 0
-"""
+PLAY = play(data_sync_keepalive_s=2, data_sync_keepalive_count=2, data_sync_io_timeout_s=6, data_sync_compression="fixed",
+            data_sync_disk_margin_gb=0)  # test_data_sync's role play (poll and retry delay 1 s)
 NOTICE_S = 6  # the play's rsync --timeout; ssh's keepalive (2 s x 2) may notice first
 CUT_S = 12
 
