@@ -17,10 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from testhost import container_pidns, container_root
+from procs import comm, descendants
+from testhost import container_pid, container_root
 
 pytestmark = pytest.mark.podman
 
@@ -60,17 +60,10 @@ def on_instance_file(project, path: str) -> str:
 
 
 def on_instance_running(project, *names: str) -> bool:
-    """Whether a process named one of `names` runs in the instance's container (its pid namespace)."""
-    ns = container_pidns(name) if (name := instance_container(project)) else ""
-    if not ns:
-        return False
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "comm").read_text().strip() in names and os.readlink(proc / "ns" / "pid") == ns:
-                return True
-        except OSError:
-            continue
-    return False
+    """Whether a process named one of `names` runs in the instance's container (under its init: in its pid namespace,
+    even a daemonized job is reparented there)."""
+    pid = container_pid(name) if (name := instance_container(project)) else 0
+    return bool(pid) and any(comm(p) in names for p in descendants(pid))
 
 
 def create_in_flight(project) -> bool:

@@ -30,25 +30,22 @@ def _start_time(pid: int) -> str:
 _INITS: dict[str, tuple[int, str]] = {}  # container -> its init's pid and start time, as last asked
 
 
-def container_root(name: str) -> Path | None:
-    """Container `name`'s filesystem as this machine sees it (/proc/<pid of its init>/root), None when it is not running.
-    Tests that wait for something on a host read files there several times a second: a `podman exec` costs ~0.1 s of
-    CPU each, which every other test on the same two cores pays for."""
+def container_pid(name: str) -> int:
+    """The pid of container `name`'s init as this machine sees it, 0 when it is not running. Tests that wait for
+    something on a host look at it through /proc/<pid> several times a second: a `podman exec` costs ~0.1 s of CPU
+    each, which every other test on the same two cores pays for."""
     pid, started = _INITS.get(name, (0, ""))
     if not pid or _start_time(pid) != started:  # not asked yet, or restarted since
         out = podman.run("inspect", "-f", "{{.State.Pid}}", name, check=False).stdout.decode().strip()
         pid = int(out) if out.isdigit() else 0
         _INITS[name] = (pid, _start_time(pid)) if pid else (0, "")
+    return pid
+
+
+def container_root(name: str) -> Path | None:
+    """Container `name`'s filesystem as this machine sees it (/proc/<pid of its init>/root), None when it is not running."""
+    pid = container_pid(name)
     return Path(f"/proc/{pid}/root") if pid else None
-
-
-def container_pidns(name: str) -> str:
-    """The pid namespace of container `name` ("" when it is not running): its processes are the ones that share it."""
-    root = container_root(name)
-    try:
-        return os.readlink(root.parent / "ns" / "pid") if root else ""
-    except OSError:
-        return ""
 
 
 @dataclass
