@@ -160,13 +160,18 @@ def test_full_local_disk_stops_before_any_download(make_host, tmp_path: Path):
     assert re.search(r"backup: not enough local disk for the backup: \S+ has [\d.]+ MiB free, it needs 1000000000 MiB to spare "
                      r"\(backup_min_free_mb\): free some space or set backup_local_dir to a bigger disk; nothing was downloaded", fatal(proc))
     assert not (local / "home.json").exists() and [p for p in local.rglob("*") if p.is_file()] == []
-    # what the new files need counts too: 400 MiB of checkpoints on a disk with 20 MiB less than that to spare (large
-    # beside what the tests running beside this one may free meanwhile: the check holds unless 380 MiB came free)
-    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_3.safetensors": (400 << 20, 300)})
-    st = os.statvfs(local)
-    proc = backup(host, local, backup_min_free_mb=st.f_bavail * st.f_frsize / (1 << 20) - 20)
-    assert proc.returncode != 0 and "MiB of new files +" in fatal(proc) and "nothing was downloaded" in fatal(proc), fatal(proc)
-    assert [p for p in local.rglob("*") if p.is_file()] == []
+    # what the new files need counts too: 48 MiB of checkpoints where 32 MiB of a 64 MiB disk must stay free. The disk
+    # is this test's own tmpfs: on the shared /tmp, the tests running beside this one write and free space meanwhile.
+    seed(host, {"checkpoints/scaled_vfn_stage1_epoch_3.safetensors": (48 << 20, 300)})
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    try:
+        proc = backup(host, small / "runs", backup_min_free_mb=32)
+        assert proc.returncode != 0 and "MiB of new files +" in fatal(proc) and "nothing was downloaded" in fatal(proc), fatal(proc)
+        assert [p for p in small.rglob("*") if p.is_file()] == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
 
 
 CORRUPTING_RSYNC = """#!/usr/bin/env python3
