@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from procs import comm, descendants
+from testhost import container_pid
 
 spec = importlib.util.spec_from_file_location("rust_toolchain_filters", REPO / "roles/rust_toolchain/filter_plugins/rust_toolchain.py")
 rt = importlib.util.module_from_spec(spec)
@@ -346,6 +348,15 @@ def test_a_url_archive_is_downloaded_by_the_host_and_checked(make_host, archive)
                          check=False).stdout  # nothing half-made is left
 
     assert "rust_toolchain: checksum mismatch: " + url in " ".join(wrong.stdout.split())
+
+    # a download that never ends (a FIFO nobody writes) is killed at rust_toolchain_fetch_timeout_s and named with it
+    host.exec("mkfifo /tmp/stalled.tar.zst")
+    stalled = host.playbook(play(rust_toolchain_method="archive", rust_toolchain_archive="file:///tmp/stalled.tar.zst",
+                                 rust_toolchain_archive_sha256="0" * 64, rust_toolchain_apt_packages=[], rust_toolchain_fetch_timeout_s=3))
+    assert stalled.returncode != 0
+    assert ("rust_toolchain: the download and unpack of file:///tmp/stalled.tar.zst did not end within 3 s "
+            "(rust_toolchain_fetch_timeout_s)") in " ".join(stalled.stdout.split()), stalled.stdout[-2000:]
+    assert "python3" not in [comm(p) for p in descendants(container_pid(host.name))]
 
     sha = archive_sha256(archive)
     # Build packages that are all installed already: no apt run at all (not even an index update).
