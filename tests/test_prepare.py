@@ -25,6 +25,10 @@ def test_prepare_builds_both_binaries_then_changes_nothing(project):
     shown = project.cli("ssh", "--", "/root/.cargo/bin/rustup show active-toolchain").stdout
     assert shown.startswith("stable-x86_64-unknown-linux-gnu"), shown
     assert "Start cargo build (in the background" in first.stdout
+    # the build cache was empty, so the bootstrap started the build packages' apt in the background after its own
+    history = project.cli("ssh", "--", "cat /var/log/apt/history.log").stdout
+    assert re.search(r"Commandline: apt-get -qq -o DPkg::Lock::Timeout=\d+ install -y --no-install-recommends .*"
+                     r"build-essential pkg-config libssl-dev\n", history), history
     assert "Check the GPU, the driver and nvcc while it compiles" in first.stdout
 
     bins = project.cli("ssh", "--", "ls /root/volt-x/target/release/codebook-init /root/volt-x/target/release/train-vfn").stdout

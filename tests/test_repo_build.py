@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from procs import comm, descendants
+from testhost import container_pid
 
 pytestmark = pytest.mark.podman
 
@@ -18,7 +20,7 @@ SERVE = REPO / "molecule/resources/serve-volt-x.yml"
 FIXTURE = REPO / "tests/fixtures/volt-x"
 
 
-def play(repo_build_vars: str = "", toolchain: bool = True, serve: bool = True) -> str:
+def play(repo_build_vars: str = "", toolchain: bool = True, serve: bool = True, plan: bool = False) -> str:
     rust = """
     - name: Rust from the controller's own toolchain
       ansible.builtin.include_role:
@@ -34,17 +36,29 @@ def play(repo_build_vars: str = "", toolchain: bool = True, serve: bool = True) 
       vars:
         volt_x_fixture_src: {FIXTURE}
 """ if serve else ""
+    role_vars = f"""      vars:
+        repo_build_repo: file:///srv/{'volt-x.git' if serve else 'git/volt-x.git'}
+{repo_build_vars}"""
+    # tasks_from plan (what playbooks/up.yml runs before the bootstrap), on the controller: checkout then reuses its lookup
+    planned = f"""
+    - name: Plan
+      ansible.builtin.include_role:
+        name: repo_build
+        tasks_from: plan
+{role_vars}
+    - name: Show the plan
+      ansible.builtin.debug:
+        msg: "compile expected: {{{{ repo_build_compile_expected }}}}"
+""" if plan else ""
     return f"""
 - hosts: volt
   gather_facts: false
   tasks:
-{served}{rust}
+{planned}{served}{rust}
     - name: Build
       ansible.builtin.include_role:
         name: repo_build
-      vars:
-        repo_build_repo: file:///srv/{'volt-x.git' if serve else 'git/volt-x.git'}
-{repo_build_vars}
+{role_vars}
 """
 
 
@@ -132,6 +146,14 @@ def test_failed_build_shows_the_end_of_the_log(make_host):
     assert "cargo build failed (rc=101); last 50 lines of /root/volt-x/logs/build.log" in proc.stdout
     assert "error: " in proc.stdout and "volt-learn" in proc.stdout
 
+    # a build past repo_build_timeout_s (build.rs sleeping 600 s) is killed, cargo and all, and named with the knob
+    slow = host.playbook(play("        repo_build_timeout_s: 3\n        repo_build_env: {VOLT_FIXTURE_BUILD_DELAY_MS: '600000'}"))
+    assert slow.returncode != 0
+    assert ("cargo build did not end within 3 s (repo_build_timeout_s: raise it for a slower machine); last 50 lines of "
+            "/root/volt-x/logs/build.log") in slow.stdout, slow.stdout[-3000:]
+    left = [comm(p) for p in descendants(container_pid(host.name))]
+    assert not [c for c in left if c in ("cargo", "rustc", "build.sh", "timeout") or c.startswith("build-script")], left
+
 
 def test_missing_cargo_is_named_with_the_fix(make_host):
     host = make_host("dev")
@@ -175,14 +197,16 @@ def test_a_toolchain_id_lets_a_cache_hit_skip_rust(make_host, tmp_path, origin):
 
     bare = make_host("dev", volumes=[origin.volume])
     assert bare.exec("command -v cargo", check=False).returncode != 0
-    out = bare.playbook(play(vars_, toolchain=False, serve=False), check=True)
+    out = bare.playbook(play(vars_, toolchain=False, serve=False, plan=True), check=True)
     assert "Restore the cached binaries" in out.stdout and "repo_build : Find cargo" not in out.stdout
+    assert '"msg": "compile expected: False"' in out.stdout
     assert bare.exec("/root/volt-x/target/release/train-vfn --help 2>&1 || true").stdout  # it runs
     assert "changed=0" in recap(bare.playbook(play(vars_, toolchain=False, serve=False), check=True))
 
     other = vars_.replace("archive:test|image", "archive:other|image")  # another toolchain: a miss, and cargo is needed
-    proc = bare.playbook(play(other, toolchain=False, serve=False))
+    proc = bare.playbook(play(other, toolchain=False, serve=False, plan=True))
     assert proc.returncode != 0 and "repo_build: 'cargo' is not runnable" in proc.stdout
+    assert '"msg": "compile expected: True"' in proc.stdout
 
     # An entry altered on the controller's disk after it was saved is refused with one line and never restored:
     # a host without Rust then needs cargo (compile instead) and says so.
@@ -195,8 +219,9 @@ def test_a_toolchain_id_lets_a_cache_hit_skip_rust(make_host, tmp_path, origin):
         for f in sorted(p for p in (tampered / "target/release").rglob("*") if p.is_file()):
             tar.add(f, str(f.relative_to(tampered)))
     victim = make_host("dev", volumes=[origin.volume])
-    proc = victim.playbook(play(vars_, toolchain=False, serve=False))
+    proc = victim.playbook(play(vars_, toolchain=False, serve=False, plan=True))
     text = " ".join(proc.stdout.split())
+    assert '"msg": "compile expected: True"' in proc.stdout  # the plan's lookup refused it too, and checkout reused it
     assert f"repo_build: refusing build cache entry {entry.name[:12]}: target/release/train-vfn in {entry.name} has sha256 " in text
     assert "compiling instead" in text and re.search(r"Restore the cached binaries instead of compiling\] \**\nskipping:", proc.stdout)
     assert proc.returncode != 0 and "repo_build: 'cargo' is not runnable" in proc.stdout  # compile instead: Rust needed
