@@ -6,7 +6,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass
 
-from volt_ansible import home, jobs, rent, ssh
+from volt_ansible import datasync, home, jobs, rent, ssh
 from volt_ansible import state as state_mod
 from volt_ansible.campaign.context import backup_dir, open_backend, project_root, reconciled, required
 from volt_ansible.errors import VoltError
@@ -107,6 +107,7 @@ def destroy(force: bool = False, reason: str = "destroyed") -> Destroyed:
         with open_backend(inst.backend) as backend:
             backend.destroy(inst.id)
         rent.close_ledger(state, inst.id, reason)
+        datasync.stop_driver(volt_dir / "data-sync" / f"volt-{inst.id}.json")  # else it retries a gone host for data_sync_outage_s
         ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
         if state.instance is not None and state.instance.id == inst.id:
             state.instance = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from volt_ansible import jobs, recovery, rent, ssh
+from volt_ansible import datasync, jobs, recovery, rent, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.backends import Backend
@@ -86,6 +86,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
                             "checkpoint): a replacement would train from zero; run `volt-ansible recover --from-scratch` to accept that")
         progress(f"instance {inst.id} lost: {reason}")
         rent.close_ledger(state, inst.id, f"lost: {reason}")
+        datasync.stop_driver(volt_dir / "data-sync" / f"volt-{inst.id}.json")  # the replacement gets its own transfer
         if live is not None:  # still in the API: its disk may hold newer files; finish/destroy removes it
             state.retired.append(inst.model_copy(update={"status": live.get("actual_status") or "lost"}))
         ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)

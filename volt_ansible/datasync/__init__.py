@@ -21,8 +21,9 @@ from volt_ansible.datasync.manifest import (
     parse_manifest,
 )
 from volt_ansible.datasync.preflight import Report, check, human, preflight
-from volt_ansible.datasync.status import status
+from volt_ansible.datasync.status import status, stop_driver
 from volt_ansible.datasync.transport import local_rsync, rsync_capabilities, ssh_argv
 
 __all__ = ["MANIFEST_NAME", "SYNC_DIR", "DigestCache", "Driver", "Item", "Manifest", "Report", "check", "human",
-           "job_paths", "local_rsync", "parse_manifest", "preflight", "rsync_capabilities", "ssh_argv", "status"]
+           "job_paths", "local_rsync", "parse_manifest", "preflight", "rsync_capabilities", "ssh_argv", "status",
+           "stop_driver"]

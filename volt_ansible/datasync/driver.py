@@ -13,6 +13,7 @@ module_utils with volt_fileops beside it), so both ends hash with the same code.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from volt_ansible.datasync import compress
+from volt_ansible.datasync import compress, retry
 from volt_ansible.datasync.preflight import human
 from volt_ansible.datasync.transport import (
     RSYNC_NETWORK_RC,
@@ -115,10 +116,11 @@ class Driver:
         """Run the instance side's `command` (the helper the role installed), over the control connection, with retries."""
         host = self.ssh["host"]
         argv = remote_argv(self.ssh, self.control, self.opts.get("remote_python", "python3"), self.root, command, args, self.keepalive)
-        last = ""
-        for attempt in range(int(self.opts.get("retries", 5)) + 1):
+        down = retry.of(self.opts)
+        while True:
             if self.stopping.is_set():
                 raise VoltError("stopped")
+            t0 = time.time()
             p = self._run(argv)
             if p.returncode == 0:
                 return json.loads(p.stdout.decode().strip().splitlines()[-1])
@@ -129,12 +131,10 @@ class Driver:
             why = refused(self.ssh, err)
             if why:
                 raise VoltError(why)
-            self.log(f"ssh failed ({last}); retry {attempt + 1}")
-            self._sleep(self._delay(attempt))
-        raise VoltError(f"ssh to {host} kept failing: {last}")
-
-    def _delay(self, attempt: int) -> float:
-        return min(60.0, float(self.opts.get("retry_delay_s", 5)) * (2 ** attempt))
+            if down.failed(t0, time.time()):
+                raise VoltError(f"ssh to {host} kept failing for {down.down_s(time.time()):.0f} s ({down.failures} attempts): {last}")
+            self.log(f"ssh failed ({last}); retry {down.failures} in {down.delay():.0f}s")
+            self._sleep(down.delay())
 
     # -- compression
     def adaptive(self, it: dict) -> bool:
@@ -192,9 +192,9 @@ class Driver:
         level = self.level_for(it)
         argv = self.rsync_argv(it, force, level)
         how = "raw" if level is None else f"zstd-{int(self.opts.get('zstd_level', 3)) if level == 'default' else level}"
-        retries = int(self.opts.get("retries", 5))
+        down = retry.of(self.opts)
         self.set_item(name, state="sending", compression=how)
-        for attempt in range(retries + 1):
+        for attempt in itertools.count():
             if self.stopping.is_set():
                 return False
             if attempt:
@@ -226,12 +226,14 @@ class Driver:
             if p.returncode not in RSYNC_NETWORK_RC and p.returncode >= 0:
                 self.fail(name, f"{name}: rsync to {self.ssh['host']} failed (rc={p.returncode}): {err}")
                 return False
-            self.log(f"{name}: connection lost (rc={p.returncode}: {err}); resuming in {self._delay(attempt):.0f}s")
-            if attempt < retries:
-                self._sleep(self._delay(attempt))
-        self.fail(name, f"{name}: rsync to {self.ssh['host']} failed {retries + 1} times (last rc={p.returncode}: {err}): "
-                        f"check the connection, then run the data_sync role again: it resumes from the partial file")
-        return False
+            if down.failed(t0, t0 + seconds):
+                self.fail(name, f"{name}: rsync to {self.ssh['host']} kept failing for {down.down_s(t0 + seconds):.0f} s "
+                                f"({down.failures} attempts in a row; last rc={p.returncode}: {err}): check the connection, then "
+                                f"run the data_sync role again: it resumes from the partial file")
+                return False
+            self.log(f"{name}: connection lost (rc={p.returncode}: {err}); resuming in {down.delay():.0f}s "
+                     f"(down {down.down_s(t0 + seconds):.0f} s)")
+            self._sleep(down.delay())
 
     def _reap(self, name: str) -> None:
         """Before a retry, stop the rsync the dropped connection left receiving this item on the instance (after a silent

@@ -3,7 +3,10 @@ read from the driver's own status file and its lock (held while the driver runs)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -65,3 +68,31 @@ def status(status_path: Path, wanted: list[str] | None, run_id: str | None = Non
     finished = satisfied or state != "running"
     return {"finished": finished, "satisfied": satisfied, "state": state, "error": None if satisfied else st.get("error"),
             "summary": summary, "ready": sorted(ready)}
+
+
+def stop_driver(status_path: Path, timeout_s: float = 10) -> int | None:
+    """Stop the transfer driver of one host (SIGTERM: its rsyncs end, partial files kept), e.g. once the instance is
+    destroyed or lost, where it would otherwise retry for data_sync_outage_s. Only a driver that holds this host's lock
+    and runs volt_ansible.datasync is signalled. Its pid, or None when none was running."""
+    lock_path = status_path.with_suffix(".lock")
+    if not lock_path.exists():
+        return None
+    held = host_lock(lock_path, blocking=False)
+    if held is not None:  # no driver holds it: none is running
+        held.close()
+        return None
+    try:
+        pid = int(json.loads(status_path.read_text()).get("pid") or 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if Path("/proc").is_dir() else []
+    except (OSError, ValueError):
+        return None
+    if not pid or (cmdline and b"volt_ansible.datasync" not in cmdline):
+        return None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and (held := host_lock(lock_path, blocking=False)) is None:
+        time.sleep(0.1)
+    if held:
+        held.close()
+    return pid
