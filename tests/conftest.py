@@ -15,6 +15,7 @@ from pathlib import Path
 import buildshare
 import pytest
 import yaml
+from procs import run_group
 from schedule import pytest_collection_modifyitems, pytest_runtest_logreport, pytest_sessionfinish  # noqa: F401 (hooks)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,9 +45,7 @@ class Project:
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
         t0 = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "volt_ansible", *args], cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout
-        )
+        proc = run_group([sys.executable, "-m", "volt_ansible", *args], cwd=self.root, env=self.env(**env), timeout=timeout)
         if os.environ.get("VOLT_TEST_TIMING"):  # where a slow e2e test spends its time: seconds per CLI command
             with open(os.environ["VOLT_TEST_TIMING"], "a") as f:
                 f.write(f"{time.monotonic() - t0:7.1f} {' '.join(args)}\n")
@@ -55,7 +54,7 @@ class Project:
         return proc
 
     def sh(self, cmd: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, shell=True, cwd=self.root, env=self.env(**env), capture_output=True, text=True, timeout=timeout)
+        proc = run_group(cmd, shell=True, cwd=self.root, env=self.env(**env), timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"{cmd} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import run_group
+
 from volt_ansible.local import hosts, podman
 from volt_ansible.ssh import banner
 
@@ -84,7 +86,7 @@ class TestHost:
             cmd += ["-e", json.dumps(extravars)]
         env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
                "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CONTROL_PATH_DIR": str(self.workdir / "cp"), **self.env}
-        proc = subprocess.run(cmd + (args or []), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = run_group(cmd + (args or []), cwd=REPO, env=env, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"playbook failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
         return proc
