@@ -44,6 +44,16 @@ def test_an_attempt_that_moved_data_restarts_the_count():
     assert o.failures == 1 and o.since == 1100 and o.down_s(1130) == 30
 
 
+def one_item_plan(tmp_path: Path, host: str, port: int) -> dict:
+    """A driver plan of one 1000-byte file for root@host:port, retried as the role's defaults do."""
+    data = tmp_path / "item.bin"
+    data.write_bytes(b"x" * 1000)
+    return {"root": "/root/t", "items": [{"name": "item", "src": str(data), "dest": "item.bin", "kind": "file", "size": 1000,
+                                          "digest": "x", "jobs": []}],
+            "ssh": {"host": host, "port": port, "user": "root", "key": str(tmp_path / "key"), "args": []},
+            "options": {"retries": 5, "retry_delay_s": 5, "outage_s": 900, "io_timeout_s": 15}}
+
+
 class Clock:
     def __init__(self):
         self.now = 1_000_000.0
@@ -59,12 +69,7 @@ def driver_on_a_dead_link(tmp_path: Path, monkeypatch, back_after_s: float | Non
     """A Driver whose rsync/ssh fail as over a dead link (15 s to notice each time) until back_after_s, on a fake clock."""
     clock = Clock()
     monkeypatch.setattr(driver_mod, "time", clock)
-    data = tmp_path / "item.bin"
-    data.write_bytes(b"x" * 1000)
-    plan = {"root": "/root/t", "items": [{"name": "item", "src": str(data), "dest": "item.bin", "kind": "file", "size": 1000,
-                                         "digest": "x", "jobs": []}],
-            "ssh": {"host": "10.0.0.1", "port": 2222, "user": "root", "key": str(tmp_path / "key"), "args": []},
-            "options": {"retries": 5, "retry_delay_s": 5, "outage_s": 900, "io_timeout_s": 15}}
+    plan = one_item_plan(tmp_path, "10.0.0.1", 2222)
     d = datasync.Driver(plan, tmp_path / "status.json", tmp_path / "driver.log")
     start = clock.now
 
@@ -106,12 +111,7 @@ def test_the_instance_side_calls_wait_out_an_outage_too(tmp_path, monkeypatch):
 def test_a_destroyed_instances_driver_is_stopped_not_left_retrying(tmp_path):
     """The real driver process (what the role starts) against a host that refuses connections: it holds the host's lock
     and keeps retrying; stop_driver (what destroy and recover call) ends it, its status file says so, its lock is free."""
-    data = tmp_path / "item.bin"
-    data.write_bytes(b"x" * 1000)
-    plan = {"root": "/root/t", "items": [{"name": "item", "src": str(data), "dest": "item.bin", "kind": "file", "size": 1000,
-                                         "digest": "x", "jobs": []}],
-            "ssh": {"host": "127.0.0.1", "port": 1, "user": "root", "key": str(tmp_path / "key"), "args": []},
-            "options": {"retries": 5, "retry_delay_s": 5, "outage_s": 900}}
+    plan = one_item_plan(tmp_path, "127.0.0.1", 1)
     status = tmp_path / "data-sync" / "volt-7.json"
     proc = subprocess.Popen([sys.executable, "-m", "volt_ansible.datasync", "sync", "--status", str(status), "--plan-json",
                              json.dumps(plan), "--log", str(tmp_path / "volt-7.log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

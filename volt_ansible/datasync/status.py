@@ -31,6 +31,16 @@ def host_lock(path: Path, blocking: bool):
         return None
 
 
+def driver_running(lock_path: Path) -> bool:
+    """Whether a driver holds this host's lock now."""
+    if not lock_path.exists():
+        return False
+    held = host_lock(lock_path, blocking=False)
+    if held:
+        held.close()
+    return held is None
+
+
 def status(status_path: Path, wanted: list[str] | None, run_id: str | None = None, started: float | None = None,
            start_grace_s: float = 60) -> dict:
     """Where the driver for one host stands. wanted: jobs to wait for (None: everything).
@@ -38,12 +48,7 @@ def status(status_path: Path, wanted: list[str] | None, run_id: str | None = Non
     finished: stop waiting. satisfied: True/False, or None when no driver says (the markers decide).
     """
     lock_path = status_path.with_suffix(".lock")
-    running = False
-    if lock_path.exists():
-        held = host_lock(lock_path, blocking=False)
-        running = held is None
-        if held:
-            held.close()
+    running = driver_running(lock_path)
     try:
         st = json.loads(status_path.read_text())
     except (OSError, ValueError):
@@ -75,11 +80,7 @@ def stop_driver(status_path: Path, timeout_s: float = 10) -> int | None:
     destroyed or lost, where it would otherwise retry for data_sync_outage_s. Only a driver that holds this host's lock
     and runs volt_ansible.datasync is signalled. Its pid, or None when none was running."""
     lock_path = status_path.with_suffix(".lock")
-    if not lock_path.exists():
-        return None
-    held = host_lock(lock_path, blocking=False)
-    if held is not None:  # no driver holds it: none is running
-        held.close()
+    if not driver_running(lock_path):
         return None
     try:
         pid = int(json.loads(status_path.read_text()).get("pid") or 0)
@@ -91,8 +92,6 @@ def stop_driver(status_path: Path, timeout_s: float = 10) -> int | None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.time() + timeout_s
-    while time.time() < deadline and (held := host_lock(lock_path, blocking=False)) is None:
+    while time.time() < deadline and driver_running(lock_path):
         time.sleep(0.1)
-    if held:
-        held.close()
     return pid
