@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -186,3 +187,50 @@ def test_sdk_reads_fields_it_needs_from_the_double(project):
     finally:
         server.close()
     assert podman.exists("container", project.double().containers()[0])
+
+
+def test_interruptible_auto_bid_plan_and_create(project):
+    """pricing interruptible, bid auto: the plans show the bid from the offer's min_bid, the on-demand price and the
+    saving; the create sends that bid (the instance bills it) and state records it."""
+    project.spec(volt_instance={"pricing": "interruptible", "bid_dph": "auto"})
+    planned = project.cli("provision", "--plan").stdout
+    # offer 31003: on demand $0.180/h, min_bid $0.081/h (the double's catalogue); 0.081 x 1.15 = 0.09315, rounded up
+    assert "Would rent offer 31003 at $0.093/h" in planned, planned
+    assert "interruptible: bid $0.0932/h (min_bid $0.0810/h + 15%" in planned and "on-demand $0.1800/h: ~$34.72 saved over 400" in planned
+    up_plan = project.cli("up", "--plan").stdout
+    assert "interruptible: bid $0.0932/h" in up_plan and "nothing rented: --plan" in up_plan and containers(project) == []
+    out = project.cli("provision").stdout
+    assert "instance 20000001 running" in out and "$0.093/h" in out
+    inst = project.state()["instance"]
+    assert (inst["bid_dph"], inst["dph_total"]) == (0.0932, 0.0932)
+    assert project.double().instance(20000001)["dph_total"] == 0.0932  # what the double bills: the bid, not on demand
+
+    # a fixed bid below every offer's min_bid: one line, nothing rented
+    project.cli("destroy", "--yes")
+    project.spec(volt_instance={"pricing": "interruptible", "bid_dph": 0.05})
+    err = one_line_error(project.cli("provision", check=False))
+    assert "volt_instance.bid_dph $0.0500/h is below offer" in err and "where Vast creates the instance stopped" in err
+    assert containers(project) == []
+
+
+def test_ssh_silence_alone_rents_nothing_until_ssh_replace_s(project):
+    """The API says running, SSH is silent (the link cut: packets dropped, nothing closed): watch warns and rents
+    nothing; only after volt_watch.ssh_replace_s of silence does it count the instance as lost."""
+    from volt_ansible.local import link
+
+    project.cli("provision")
+    iid = project.state()["instance"]["id"]
+    relay = json.loads((project.volt_dir / "local" / "vast.json").read_text())["instances"][str(iid)]["link"]["relay_pid"]
+    link.cut(relay)
+    try:
+        first = project.cli("watch", "--once", "--no-finish").stdout
+        assert re.search(rf"warning: instance {iid} runs in the Vast API but SSH has failed for \d+ s \(checked again next round\)", first), first
+        assert project.state()["instance"]["unreachable_since"] is not None and len(project.state()["ledger"]) == 1
+        # (the louder warning after ssh_dead_s: tests/test_recovery_unit.py)
+        project.spec(volt_watch={"ssh_dead_s": 1, "ssh_replace_s": 2})  # the round above took seconds of SSH timeouts
+        lost = project.cli("watch", "--once", "--no-finish", "--no-recover").stdout
+        assert f"instance {iid} is lost (SSH has failed for" in lost and "while the Vast API says running" in lost, lost
+        assert "auto recovery is off" in lost
+        assert len(project.state()["ledger"]) == 1 and len(containers(project)) == 1  # --no-recover: nothing rented
+    finally:
+        link.restore(relay)

@@ -21,7 +21,23 @@ def test_lost_reasons():
     assert recovery.lost_reason(exited, None, 600, 1000).startswith("exited in the Vast API (preempted)")
     assert recovery.lost_reason({"actual_status": "running"}, None, 600, 1000) == ""
     assert recovery.lost_reason({"actual_status": "running"}, 500, 600, 1000) == ""
-    assert "SSH has failed for 700 s" in recovery.lost_reason({"actual_status": "running"}, 300, 600, 1000)
+    assert "SSH has failed for 700 s while the Vast API says running" in recovery.lost_reason({"actual_status": "running"}, 300, 600, 1000)
+
+
+def test_ssh_silence_alone_warns_and_rents_nothing_until_ssh_replace_s():
+    """A flaky SSH proxy while the API says running: 10 min of silence (ssh_dead_s) is a louder warning, not a loss: a
+    replacement rented then would bill two GPUs and train twice. Only ssh_replace_s of silence (or the API) replaces it."""
+    running = {"actual_status": "running"}
+    t0 = 1_000_000.0
+    for silent in (30, 600, 3600, 7199):
+        assert recovery.lost_reason(running, t0, 7200, t0 + silent) == "", silent
+    assert "SSH has failed for 7200 s" in recovery.lost_reason(running, t0, 7200, t0 + 7200)
+    quiet = recovery.silence_warning(7, t0, 600, 7200, t0 + 30)
+    assert quiet == "warning: instance 7 runs in the Vast API but SSH has failed for 30 s (checked again next round)"
+    loud = recovery.silence_warning(7, t0, 600, 7200, t0 + 900)
+    assert "failed for 900 s: nothing is rented over it" in loud and "ssh_replace_s = 7200 s" in loud and "recover --force" in loud
+    # the API's word wins at once, whatever SSH says
+    assert recovery.lost_reason({"actual_status": "exited"}, t0, 7200, t0 + 1).startswith("exited in the Vast API")
 
 
 def put(local, rel: str, data: bytes, **meta) -> None:

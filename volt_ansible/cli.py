@@ -53,6 +53,8 @@ def provision(
         p = campaign.plan(backend, offer)
         out.print(present.offer_table([p.offer]))
         out.print(f"Would rent offer {p.offer['id']} at ${p.dph:.3f}/h = ${p.per_day:.2f}/day (nothing rented: --plan)")
+        if p.pricing:
+            out.print(p.pricing, soft_wrap=True, highlight=False)
         return
     with present.spinner("provisioning") as progress:
         inst = campaign.provision(backend, offer, progress)
@@ -138,6 +140,7 @@ def up(
     phase03: bool = typer.Option(True, "--phase03/--no-phase03", help="run Phase 0.3 beside it on the CPU"),
     yes: bool = typer.Option(False, "--yes", "-y", help="rent without asking"),
     then_watch: bool = typer.Option(False, "--watch", help="then watch: back up, recover, finish (volt_watch)"),
+    plan_only: bool = typer.Option(False, "--plan", help="print the plan (offer, price, bid, data, resume); rent nothing"),
 ) -> None:
     """The whole campaign in one command: pre-flight, plan, rent, data + build + CUDA check in parallel, each job
     as soon as it can start. Interrupt it at any point and run it again: it continues (no second instance)."""
@@ -145,6 +148,9 @@ def up(
     with present.spinner("pre-flight") as progress:
         p = campaign.up_plan(backend, stage, phase03, progress)
     present.lines(p.lines())
+    if plan_only:
+        out.print("nothing rented: --plan")
+        return
     if p.instance is None and not yes and not typer.confirm("Rent it and start?"):
         raise typer.Exit(1)
     with present.Tracks(campaign.data_track) as tracks:

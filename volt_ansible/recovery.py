@@ -11,16 +11,28 @@ from volt_ansible.backends.base import DEAD_STATUSES
 from volt_ansible.jobs import Layout
 
 
-def lost_reason(live: dict | None, unreachable_since: float | None, ssh_dead_s: float, now: float) -> str:
-    """Why the instance counts as lost ("" while it does not): exited/offline/gone in the API, or SSH dead too long."""
+def lost_reason(live: dict | None, unreachable_since: float | None, ssh_replace_s: float, now: float) -> str:
+    """Why the instance counts as lost ("" while it does not): exited/offline/gone in the API, or SSH dead for
+    ssh_replace_s while the API still says it runs. A shorter SSH silence is no loss: Vast's SSH proxies fail while the
+    instance trains on, and a replacement rented over one would bill two GPUs and train twice (watch warns instead)."""
     if live is None:
         return "gone from the Vast API"
     status = live.get("actual_status")
     if status in DEAD_STATUSES:
         return f"{status} in the Vast API ({live.get('status_msg') or 'no message'})"
-    if unreachable_since is not None and now - unreachable_since >= ssh_dead_s:
-        return f"SSH has failed for {now - unreachable_since:.0f} s (volt_watch.ssh_dead_s = {ssh_dead_s:g})"
+    if unreachable_since is not None and now - unreachable_since >= ssh_replace_s:
+        return f"SSH has failed for {now - unreachable_since:.0f} s while the Vast API says {status} (volt_watch.ssh_replace_s = {ssh_replace_s:g})"
     return ""
+
+
+def silence_warning(instance_id: int, unreachable_since: float, ssh_dead_s: float, ssh_replace_s: float, now: float) -> str:
+    """watch's line for an instance the API says runs while SSH fails: louder after ssh_dead_s, never a rent before ssh_replace_s."""
+    for_s = now - unreachable_since
+    head = f"warning: instance {instance_id} runs in the Vast API but SSH has failed for {for_s:.0f} s"
+    if for_s < ssh_dead_s:
+        return f"{head} (checked again next round)"
+    return (f"{head}: nothing is rented over it while the API says it runs (a replacement after volt_watch.ssh_replace_s = "
+            f"{ssh_replace_s:g} s); check it at https://cloud.vast.ai/instances/; `volt-ansible recover --force` replaces it now")
 
 
 @dataclass

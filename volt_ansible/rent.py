@@ -3,6 +3,7 @@ A failure after the create destroys what was made (nothing is on it yet, and it 
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -28,11 +29,78 @@ def quiet(_: str) -> None:
 @dataclass
 class Plan:
     offer: dict
-    dph: float
+    dph: float  # what it bills while it runs: the bid of an interruptible instance
+    bid: float | None = None  # None: on-demand
+    on_demand_dph: float | None = None  # the same offer on demand (interruptible plans only; None: not listed)
+    pricing: str = ""  # choose_priced's pricing_line: the plan's line for an interruptible instance
 
     @property
     def per_day(self) -> float:
         return self.dph * 24
+
+    def pricing_line(self, spec: spec_mod.Spec) -> str:
+        """Interruptible: the bid, where it comes from, the on-demand price and what the curriculum would save."""
+        if self.bid is None:
+            return ""
+        i, floor = spec.interruptible, _min_bid(self.offer)
+        source = (f"min_bid ${floor:.4f}/h + {i.bid_margin:.0%}" if spec.instance.bid_dph == "auto"
+                  else f"volt_instance.bid_dph; min_bid ${floor:.4f}/h" if floor is not None else "volt_instance.bid_dph")
+        line = f"interruptible: bid ${self.bid:.4f}/h ({source}; raised up to ${spec.bid_max:.4f}/h when outbid)"
+        if self.on_demand_dph is None:
+            return line + ", on-demand price not listed for this offer"
+        saved = (self.on_demand_dph - self.bid) * i.gpu_hours_estimate
+        return (line + f", on-demand ${self.on_demand_dph:.4f}/h: ~${saved:.2f} saved over {i.gpu_hours_estimate:g} GPU-hours "
+                f"(volt_interruptible.gpu_hours_estimate; storage while paused and repeated epochs not counted)")
+
+
+def _min_bid(offer: dict) -> float | None:
+    v = offer.get("min_bid")
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 else None
+
+
+def bid_for(spec: spec_mod.Spec, offer: dict) -> float | None:
+    """The bid for an interruptible create on this offer in $/h (None: on-demand), or a one-line error before renting."""
+    i = spec.instance
+    if i.pricing != "interruptible":
+        return None
+    floor = _min_bid(offer)
+    if i.bid_dph == "auto":
+        if floor is None:
+            raise VoltError(f"volt_instance.bid_dph auto: offer {offer.get('id')} shows no min_bid to bid from: "
+                            "set bid_dph to a price in $/h, or pick another offer with --offer")
+        bid = math.ceil(round(floor * (1 + spec.interruptible.bid_margin) * 1e4, 6)) / 1e4  # up to a 1/100 cent: never under
+        if bid > spec.bid_max:
+            raise VoltError(f"volt_instance.bid_dph auto: offer {offer.get('id')}'s min_bid ${floor:.4f}/h + "
+                            f"{spec.interruptible.bid_margin:.0%} = ${bid:.4f}/h is above the bid cap ${spec.bid_max:.4f}/h: raise "
+                            "volt_interruptible.bid_max_dph (<= dph_max) or lower bid_margin")
+        return bid
+    assert i.bid_dph is not None
+    if floor is not None and i.bid_dph < floor:
+        # Vast would create it stopped, billing its disk and running nothing
+        raise VoltError(f"volt_instance.bid_dph ${i.bid_dph:.4f}/h is below offer {offer.get('id')}'s min_bid ${floor:.4f}/h, where "
+                        "Vast creates the instance stopped: raise bid_dph, use auto, or pick another offer with --offer")
+    return float(i.bid_dph)
+
+
+def _plan(spec: spec_mod.Spec, offer: dict) -> Plan:
+    bid = bid_for(spec, offer)
+    return Plan(offer, bid if bid is not None else offer["dph_total"], bid)
+
+
+def on_demand_price(backend: Backend, spec: spec_mod.Spec, offer_id: int) -> float | None:
+    """The offer's on-demand $/h (an interruptible search lists bid prices), whatever dph_max says; None if not listed."""
+    anyprice = spec.instance.model_copy(update={"pricing": "on-demand", "dph_max": float("inf")})
+    match = next((o for o in backend.search(anyprice) if o.get("id") == offer_id), None)
+    return float(match["dph_total"]) if match else None
+
+
+def choose_priced(backend: Backend, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
+    """choose(), and for an interruptible plan the offer's on-demand price beside the bid (one more search)."""
+    chosen = choose(backend, spec, offer_id)
+    if chosen.bid is not None:
+        chosen.on_demand_dph = on_demand_price(backend, spec, chosen.offer["id"])
+        chosen.pricing = chosen.pricing_line(spec)
+    return chosen
 
 
 def choose(backend: Backend, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
@@ -41,10 +109,14 @@ def choose(backend: Backend, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
         match = next((o for o in found if o["id"] == offer_id), None)
         if match is None:
             raise VoltError(f"offer {offer_id} is not among the offers matching the spec: run `volt-ansible offers` and pick an ID it lists")
-        return Plan(match, match["dph_total"])
+        return _plan(spec, match)
     if not found:
         raise VoltError(f"no offer matches the spec: {backend.explain_no_match(spec.instance)}")
-    return Plan(found[0], found[0]["dph_total"])
+    if spec.instance.pricing == "interruptible" and spec.instance.bid_dph != "auto":
+        # a fixed bid: the cheapest offer it can win (the ones whose min_bid is above it would start stopped)
+        winnable = [o for o in found if (_min_bid(o) or 0) <= float(spec.instance.bid_dph or 0)]
+        return _plan(spec, (winnable or found)[0])
+    return _plan(spec, found[0])
 
 
 def record(state: State, **changes) -> None:
@@ -148,7 +220,7 @@ def _bring_up(backend: Backend, spec: spec_mod.Spec, state: State, public_key: s
     p = spec.provision
     row = _wait_running(backend, state, p.running_timeout_s, p.poll_interval_s, progress)
     live = float(row.get("dph_total") or 0)
-    cap = spec.instance.bid_dph if spec.instance.pricing == "interruptible" else spec.instance.dph_max
+    cap = spec.bid_max if spec.instance.pricing == "interruptible" else spec.instance.dph_max
     if live > cap:
         raise _abandon(backend, state, f"live price ${live:.3f}/h of instance {iid} is above the cap ${cap:.3f}/h")
     state.open_entry(iid).dph_total = live  # type: ignore[union-attr]
@@ -175,7 +247,8 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
     host_vars = backend.instance_vars(root, progress)
     public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
     chosen = choose(backend, spec, offer_id)
-    progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h)")
+    bidding = f", bid ${chosen.bid:.4f}/h" if chosen.bid is not None else ""
+    progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h{bidding})")
     with _uninterrupted():
         # The intent goes to disk before the request: whatever kills this process from here on, the next command
         # finds the instance by its label (reconcile) instead of renting a second one.
@@ -185,7 +258,7 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         state.creating = intent
         state_mod.save(state)
         try:
-            iid = backend.create(chosen.offer["id"], spec.instance, label=intent.label)
+            iid = backend.create(chosen.offer["id"], spec.instance, label=intent.label, bid=chosen.bid)
         except VoltError:
             reconcile.run(state, backend, notices.say)  # a create that succeeded before an error (a 502, a retry) is adopted
             if state.instance is None:
@@ -193,7 +266,7 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         else:
             crashpoints.here("create.record")
             state.instance = Instance(id=iid, offer_id=intent.offer_id, backend=name, gpu_name=intent.gpu_name,
-                                      dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at)
+                                      dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at, bid_dph=chosen.bid)
             state.ledger.append(LedgerEntry(instance_id=iid, backend=name, dph_total=intent.dph_total, started_at=intent.at))
             state.creating = None
             state_mod.save(state)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from volt_ansible import yamlio
 from volt_ansible.errors import VoltError
@@ -32,7 +32,15 @@ class InstanceSpec(_Strict):
     reliability_min: float = Field(ge=0, le=1)
     image: str = Field(min_length=1)
     pricing: Literal["on-demand", "interruptible"] = "on-demand"
-    bid_dph: float | None = Field(default=None, gt=0)
+    # the bid in $/h, or auto: the chosen offer's min_bid x (1 + volt_interruptible.bid_margin)
+    bid_dph: float | Literal["auto"] | None = None
+
+    @field_validator("bid_dph", mode="before")
+    @classmethod
+    def _bid(cls, v: object) -> object:
+        if v is None or v == "auto" or (isinstance(v, int | float) and not isinstance(v, bool)):
+            return v
+        raise ValueError("use a price in $/h (e.g. 0.12) or auto (the offer's min_bid + volt_interruptible.bid_margin)")
 
     @model_validator(mode="after")
     def _coherent(self) -> InstanceSpec:
@@ -40,10 +48,22 @@ class InstanceSpec(_Strict):
             raise ValueError(f"disk_gb ({self.disk_gb}) must be >= disk_gb_min ({self.disk_gb_min})")
         if self.pricing == "interruptible":
             if self.bid_dph is None:
-                raise ValueError("pricing interruptible needs bid_dph (your bid in $/h)")
-            if self.bid_dph > self.dph_max:
+                raise ValueError("pricing interruptible needs bid_dph (your bid in $/h, or auto)")
+            if self.bid_dph != "auto" and self.bid_dph <= 0:
+                raise ValueError(f"bid_dph ({self.bid_dph}) must be > 0 (a price in $/h, or auto)")
+            if self.bid_dph != "auto" and self.bid_dph > self.dph_max:
                 raise ValueError(f"bid_dph ({self.bid_dph}) must be <= dph_max ({self.dph_max})")
         return self
+
+
+class InterruptibleSpec(_Strict):
+    """How an interruptible (bid) instance is run: read only with volt_instance.pricing interruptible."""
+
+    bid_margin: float = Field(default=0.15, ge=0, le=5)  # bid_dph auto = min_bid x (1 + bid_margin)
+    bid_max_dph: float | None = Field(default=None, gt=0)  # outbid: raise the bid up to this (default dph_max)
+    run_again_wait_s: float = Field(default=900, gt=0)  # outbid: wait this long for it to run again, then migrate
+    fallback: Literal["interruptible", "on-demand", "stop"] = "interruptible"  # what a migration rents
+    gpu_hours_estimate: float = Field(default=400, gt=0)  # the whole curriculum (the guide: 300-500), for the plan
 
 
 class ProvisionSpec(_Strict):
@@ -57,7 +77,8 @@ class WatchSpec(_Strict):
     backup_interval_min: float = Field(default=30, gt=0)
     poll_s: float = Field(default=60, gt=0)
     stall_min: float = Field(default=15, gt=0)
-    ssh_dead_s: float = Field(default=600, gt=0)
+    ssh_dead_s: float = Field(default=600, gt=0)  # SSH failing this long: a warning every round, nothing rented
+    ssh_replace_s: float = Field(default=7200, gt=0)  # ... this long, while the API still says running: replaced
     auto_recover: bool = True
     auto_finish: bool = True
     budget_usd: float | None = Field(default=None, gt=0)
@@ -74,6 +95,26 @@ class Spec(BaseModel):
     instance: InstanceSpec = Field(alias="volt_instance")
     provision: ProvisionSpec = Field(alias="volt_provision", default_factory=ProvisionSpec)
     watch: WatchSpec = Field(alias="volt_watch", default_factory=WatchSpec)
+    interruptible: InterruptibleSpec = Field(alias="volt_interruptible", default_factory=InterruptibleSpec)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Spec:
+        i, bid_max = self.instance, self.interruptible.bid_max_dph
+        if self.watch.ssh_replace_s < self.watch.ssh_dead_s:
+            raise ValueError(f"volt_watch.ssh_replace_s ({self.watch.ssh_replace_s:g}) must be >= ssh_dead_s ({self.watch.ssh_dead_s:g})")
+        if i.pricing != "interruptible" or bid_max is None:
+            return self
+        if bid_max > i.dph_max:
+            raise ValueError(f"volt_interruptible.bid_max_dph ({bid_max:g}) must be <= volt_instance.dph_max ({i.dph_max:g})")
+        if i.bid_dph != "auto" and i.bid_dph is not None and bid_max < i.bid_dph:
+            raise ValueError(f"volt_interruptible.bid_max_dph ({bid_max:g}) is below volt_instance.bid_dph ({i.bid_dph:g}): "
+                             "raise it, or lower the bid")
+        return self
+
+    @property
+    def bid_max(self) -> float:
+        """The most this campaign bids for an interruptible instance, in $/h."""
+        return self.interruptible.bid_max_dph or self.instance.dph_max
 
 
 def _describe(err: dict, data: dict) -> str:
@@ -89,14 +130,17 @@ def _describe(err: dict, data: dict) -> str:
         return f"{key} is not a known key: remove it or fix its spelling"
     if err["type"] == "literal_error":
         return f"{key} = {value!r}: {msg}"
+    if not loc and err["type"].startswith("value_error"):  # a check across sections: its message names the keys
+        return msg
     if loc and err["type"].startswith("value_error") and len(loc) == 1:
         return f"{key}: {msg}"
     return f"{key} = {value!r}: {msg}"
 
 
 # Every top-level volt_* key some part of volt-ansible reads; any other volt_* key is a typo.
-KNOWN_TOP = ("volt_campaign", "volt_instance", "volt_provision", "volt_watch", "volt_phase03", "volt_curriculum", "volt_data")
-SECTIONS = {"volt_instance": InstanceSpec, "volt_provision": ProvisionSpec, "volt_watch": WatchSpec}
+KNOWN_TOP = ("volt_campaign", "volt_instance", "volt_provision", "volt_watch", "volt_interruptible", "volt_phase03", "volt_curriculum",
+             "volt_data")
+SECTIONS = {"volt_instance": InstanceSpec, "volt_provision": ProvisionSpec, "volt_watch": WatchSpec, "volt_interruptible": InterruptibleSpec}
 
 
 def _unknown(where: str, key: object, known: list[str]) -> str:

@@ -34,6 +34,7 @@ class Instance(BaseModel):
     created_at: float = Field(default_factory=time.time)
     ready: bool = False  # running, price checked, SSH works with the campaign key
     unreachable_since: float | None = None  # first failed SSH check since the last good one
+    bid_dph: float | None = None  # interruptible: the bid it was created with (None: on-demand)
     # Ansible variables this instance needs beyond group_vars (the local world sets its own repo/toolchain).
     host_vars: dict[str, Any] = {}
 

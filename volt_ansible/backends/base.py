@@ -29,8 +29,8 @@ class Backend(ABC):
         """Name the spec filter that excludes the most rentable offers."""
 
     @abstractmethod
-    def create(self, offer_id: int, spec: InstanceSpec, label: str) -> int:
-        """Rent the offer with the spec's image, disk and pricing under `label`; return the instance id."""
+    def create(self, offer_id: int, spec: InstanceSpec, label: str, bid: float | None = None) -> int:
+        """Rent the offer with the spec's image and disk under `label`, interruptible at `bid` $/h when given; return the id."""
 
     @abstractmethod
     def instances(self) -> list[dict]:

@@ -146,8 +146,8 @@ class VastApi(Backend):
         n, worst = max(counts, key=lambda c: c[0])
         return f"{worst.key} ({worst.says}) excludes {n} of {len(everything)} rentable offers: relax volt_instance.{worst.key} in group_vars/all.yml"
 
-    def create(self, offer_id: int, spec: InstanceSpec, label: str) -> int:
-        kw = {"bid_price": spec.bid_dph} if spec.pricing == "interruptible" else {}
+    def create(self, offer_id: int, spec: InstanceSpec, label: str, bid: float | None = None) -> int:
+        kw = {"bid_price": bid} if bid is not None else {}
         crashpoints.here("create.request")
         res = self._call(
             f"create instance on offer {offer_id}",

@@ -21,7 +21,7 @@ def offers(backend: str, limit: int | None = None) -> list[dict]:
 def plan(backend: str, offer_id: int | None = None) -> rent.Plan:
     spec = spec_mod.load()
     with open_backend(backend) as b:
-        return rent.choose(b, spec, offer_id)
+        return rent.choose_priced(b, spec, offer_id)
 
 
 def resume(spec: spec_mod.Spec, state: State, progress: Progress = quiet) -> Instance:

@@ -47,7 +47,7 @@ def health(state: State, backend: Backend) -> tuple[str, dict | None]:
             jobs.check_host_key(state_mod.volt_dir(), inst.ssh_host, inst.ssh_port)
         if ok != (inst.unreachable_since is None):
             rent.record(state, unreachable_since=None if ok else now)
-    return recovery.lost_reason(live, state.instance.unreachable_since, spec_mod.load().watch.ssh_dead_s, now), live
+    return recovery.lost_reason(live, state.instance.unreachable_since, spec_mod.load().watch.ssh_replace_s, now), live
 
 
 @dataclass

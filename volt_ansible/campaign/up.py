@@ -29,6 +29,7 @@ class UpPlan:
     first_bytes: int  # what the first GPU job needs
     estimate_s: float
     resume: str = ""  # what a lost instance costs the stages: resume from the newest epoch, or restart them
+    pricing: str = ""  # interruptible: the bid, the on-demand price, the projected saving
 
     def lines(self) -> list[str]:
         if self.instance is not None:
@@ -39,7 +40,7 @@ class UpPlan:
                     f"${self.dph:.3f}/h = ${self.dph * 24:.2f}/day")
         return [head, f"data: {human(self.data.total_bytes)} to check and send if missing ({human(self.first_bytes)} before the first GPU job)",
                 f"estimated time to GPU busy: ~{self.estimate_s / 60:.1f} min (the build and the first job's data in parallel)",
-                *([self.resume] if self.resume else [])]
+                *([self.pricing] if self.pricing else []), *([self.resume] if self.resume else [])]
 
 
 def resume_line(stages: list[jobs.JobDef], known: dict[str, bool], epoch_s: dict[str, float], interruptible: bool) -> str:
@@ -88,17 +89,17 @@ def up_plan(backend: str, stage: str, phase03: bool, progress: Progress = quiet)
     report = datasync.check(jobs=names, local_root=local_root,
                             progress=lambda done, total: progress(f"hashing data: {done / 1e9:.2f} / {total / 1e9:.2f} GB"))
     first_bytes = report.job_bytes().get(first or names[0], 0)
-    offer, dph = None, 0.0
+    offer, dph, pricing = None, 0.0, ""
     if state.instance is None:
         chosen = plan(backend)
-        offer, dph = chosen.offer, chosen.dph
+        offer, dph, pricing = chosen.offer, chosen.dph, chosen.pricing
     mbps = float((offer or {}).get("inet_down") or 100.0)
     build_s = spec.provision.build_estimate_min * 60
     estimate = max(build_s, first_bytes * 8 / (mbps * 1e6)) + 60  # + renting, bootstrap, toolchain
     lay = jobs.layout(project_root())
     chosen_stages = [j for j in lay.stages if j.name in names]
     resume = resume_line(chosen_stages, state.resume, state.epoch_s, spec.instance.pricing == "interruptible")
-    return UpPlan(state.instance, offer, dph, report, first_bytes, estimate, resume)
+    return UpPlan(state.instance, offer, dph, report, first_bytes, estimate, resume, pricing)
 
 
 def up(backend: str, stage: str, phase03: bool, progress: Progress = quiet, on_task=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from volt_ansible import ledger
+from volt_ansible import ledger, recovery
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.campaign.backup import backup_now
@@ -48,8 +48,9 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
         if not auto_recover:
             return Round([f"instance {inst.id} is lost ({reason}): run `volt-ansible recover`"], done="auto recovery is off")
         return _recover_round(progress)
-    if state_mod.load().instance.unreachable_since is not None:
-        return Round([f"warning: instance {inst.id} is running but SSH fails (lost after volt_watch.ssh_dead_s = {spec.watch.ssh_dead_s:g} s)"])
+    since = state_mod.load().instance.unreachable_since
+    if since is not None:
+        return Round([recovery.silence_warning(inst.id, since, spec.watch.ssh_dead_s, spec.watch.ssh_replace_s, time.time())])
     try:
         snap = job_snapshot()
     except VoltError as e:

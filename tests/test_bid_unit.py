@@ -1,0 +1,78 @@
+"""The bid of an interruptible instance, decided before anything is rented: auto from the offer's min_bid, the caps,
+and the one-line refusals (no min_bid to bid from, a cap below the bid, a fixed bid no offer can win)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from volt_ansible import rent, spec
+from volt_ansible.errors import VoltError
+
+DEFAULTS = yaml.safe_load((REPO / "group_vars/all.yml").read_text())
+
+
+def spec_with(bid, **interruptible):
+    data = copy.deepcopy(DEFAULTS)
+    data["volt_instance"].update(pricing="interruptible", bid_dph=bid)
+    data["volt_interruptible"].update(interruptible)
+    return spec.parse(data)
+
+
+class Offers:
+    """A backend with a fixed listing: bid searches list min_bid as the price, on-demand ones dph_total (as Vast does)."""
+
+    def __init__(self, *offers):
+        self.offers = offers
+
+    def search(self, s, limit=None):
+        bid = s.pricing == "interruptible"
+        rows = [dict(o, dph_total=o["min_bid"] if bid and "min_bid" in o else o["dph_total"]) for o in self.offers]
+        return sorted([o for o in rows if o["dph_total"] <= s.dph_max], key=lambda o: o["dph_total"])
+
+    def explain_no_match(self, s):
+        return "nothing"
+
+
+A = {"id": 1, "gpu_name": "RTX 5090", "dph_total": 0.18, "min_bid": 0.081}
+B = {"id": 2, "gpu_name": "RTX 5090", "dph_total": 0.19, "min_bid": 0.095}
+
+
+def test_auto_bids_min_bid_plus_margin_and_the_plan_shows_the_saving():
+    p = rent.choose_priced(Offers(A, B), spec_with("auto"), None)
+    assert (p.offer["id"], p.bid, p.dph, p.on_demand_dph) == (1, 0.0932, 0.0932, 0.18)  # 0.081 x 1.15, rounded to 4 places
+    assert p.pricing == ("interruptible: bid $0.0932/h (min_bid $0.0810/h + 15%; raised up to $0.2000/h when outbid), on-demand "
+                         "$0.1800/h: ~$34.72 saved over 400 GPU-hours (volt_interruptible.gpu_hours_estimate; storage while paused "
+                         "and repeated epochs not counted)")
+
+
+def test_a_fixed_bid_takes_the_cheapest_offer_it_can_win():
+    p = rent.choose_priced(Offers(A, B), spec_with(0.09), None)
+    assert (p.offer["id"], p.bid) == (1, 0.09)
+    p = rent.choose(Offers(B, dict(A, min_bid=0.099)), spec_with(0.097), None)
+    assert (p.offer["id"], p.bid) == (2, 0.097)  # A's min_bid is above the bid: B, though dearer
+
+
+def test_on_demand_plans_have_no_bid():
+    data = copy.deepcopy(DEFAULTS)
+    p = rent.choose_priced(Offers(A, B), spec.parse(data), None)
+    assert (p.bid, p.dph, p.pricing) == (None, 0.18, "")
+
+
+@pytest.mark.parametrize(
+    ("offers", "bid", "interruptible", "expected"),
+    [
+        ((dict(A, min_bid=None),), "auto", {}, "volt_instance.bid_dph auto: offer 1 shows no min_bid to bid from: set bid_dph"),
+        ((A,), "auto", {"bid_max_dph": 0.09}, "volt_instance.bid_dph auto: offer 1's min_bid $0.0810/h + 15% = $0.0932/h is above "
+                                              "the bid cap $0.0900/h"),
+        ((A, B), 0.05, {}, "volt_instance.bid_dph $0.0500/h is below offer 1's min_bid $0.0810/h, where Vast creates the instance stopped"),
+    ],
+)
+def test_bids_that_cannot_work_are_refused_before_renting(offers, bid, interruptible, expected):
+    backend = Offers(*[{k: v for k, v in o.items() if v is not None} for o in offers])
+    with pytest.raises(VoltError) as e:
+        rent.choose(backend, spec_with(bid, **interruptible), None)
+    assert "\n" not in str(e.value) and str(e.value).startswith(expected), str(e.value)
