@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 packages() {
   local sudo="" p missing=()
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  for p in podman runc debootstrap rsync openssh-client openssh-server tmux git zstd iproute2 ca-certificates; do
+  for p in podman runc debootstrap rsync openssh-client openssh-server tmux git zstd iproute2 ca-certificates systemd; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)

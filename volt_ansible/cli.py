@@ -123,8 +123,16 @@ def watch(
     auto_recover: bool | None = typer.Option(None, "--recover/--no-recover", help="replace a lost instance (default volt_watch.auto_recover)"),
     auto_finish: bool | None = typer.Option(None, "--finish/--no-finish", help="finish when the last stage is home (default volt_watch.auto_finish)"),
     once: bool = typer.Option(False, "--once", help="one round, then exit"),
+    install: bool = typer.Option(False, "--install", help="keep a watch running: a systemd user unit (restart on failure, at boot), "
+                                 "or the line for cron / Task Scheduler where systemd does not run"),
+    uninstall: bool = typer.Option(False, "--uninstall", help="stop and remove what --install made"),
 ) -> None:
     """Back up every N minutes, recover after a preemption, stop at the budget, finish at the end. Safe to stop and restart."""
+    if install or uninstall:
+        if install and uninstall:
+            raise VoltError("--install and --uninstall together: pick one")
+        present.lines(campaign.watch_install() if install else campaign.watch_uninstall())
+        return
     with present.spinner("watch") as progress:
         for r in campaign.watch(auto_recover, auto_finish, interval, once, progress=progress):
             out.rule(time.strftime("%H:%M:%S"))

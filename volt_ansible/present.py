@@ -81,6 +81,8 @@ def status(s, read_jobs: Callable[[], tuple[str, list[str]]] | None) -> None:
         )
     for text in s.elsewhere:
         out.print(f"[yellow]{escape(text)}[/]", soft_wrap=True, highlight=False)
+    if s.watch:
+        out.print(escape(s.watch), soft_wrap=True, highlight=False)
     for r in s.state.retired:
         out.print(f"instance {r.id} lost ({r.status}), kept: its disk may hold files newer than the backup; `finish` or `destroy` removes it")
     if s.state.recovery:

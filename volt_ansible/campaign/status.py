@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from volt_ansible import datasync, jobs, ledger, rent, ssh
+from volt_ansible import datasync, jobs, ledger, rent, ssh, watchbeat
 from volt_ansible import plot as plot_mod
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
+from volt_ansible.campaign import watch_service
 from volt_ansible.campaign.context import instance_endpoint, open_backend, project_root, reconciled
 from volt_ansible.errors import VoltError
 from volt_ansible.state import State
@@ -20,6 +21,7 @@ class Status:
     live: dict | None
     cost_usd: float
     elsewhere: list[str]  # this campaign's instances rented from another checkout
+    watch: str = ""  # whether a `watch` is running, and when its last round was
 
 
 def status() -> Status:
@@ -30,7 +32,7 @@ def status() -> Status:
             live = backend.show(state.instance.id)
         if live is not None and live.get("actual_status") and live["actual_status"] != state.instance.status:
             rent.record(state, status=live["actual_status"])
-    return Status(state, live, state.total_cost(), elsewhere)
+    return Status(state, live, state.total_cost(), elsewhere, watchbeat.read(state_mod.volt_dir()).line() + watch_service.installed_note())
 
 
 def ssh_command(extra: list[str]) -> list[str]:

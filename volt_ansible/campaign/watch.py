@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from volt_ansible import ledger, recovery
+from volt_ansible import ledger, recovery, watchbeat
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.campaign.backup import backup_now
@@ -101,9 +101,11 @@ def watch(auto_recover: bool | None = None, auto_finish: bool | None = None, int
     auto_recover = w.auto_recover if auto_recover is None else auto_recover
     auto_finish = w.auto_finish if auto_finish is None else auto_finish
     interval = interval_min if interval_min is not None else w.backup_interval_min
-    while True:
-        r = watch_round(auto_recover, auto_finish, interval, progress)
-        yield r
-        if r.done or once:
-            return
-        time.sleep(w.poll_s)
+    with watchbeat.hold(state_mod.volt_dir()):
+        while True:
+            r = watch_round(auto_recover, auto_finish, interval, progress)
+            watchbeat.beat(state_mod.volt_dir(), r.lines + ([f"done: {r.done}"] if r.done else []))
+            yield r
+            if r.done or once:
+                return
+            time.sleep(w.poll_s)
