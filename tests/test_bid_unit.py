@@ -76,3 +76,21 @@ def test_bids_that_cannot_work_are_refused_before_renting(offers, bid, interrupt
     with pytest.raises(VoltError) as e:
         rent.choose(backend, spec_with(bid, **interruptible), None)
     assert "\n" not in str(e.value) and str(e.value).startswith(expected), str(e.value)
+
+
+def test_the_ledger_bills_the_bid_running_storage_paused_and_counts_the_saving():
+    from volt_ansible.ledger import interruptible_line
+    from volt_ansible.state import LedgerEntry
+
+    e = LedgerEntry(instance_id=1, backend="local", dph_total=0.10, started_at=0.0, on_demand_dph=0.20, storage_dph=0.01)
+    e.change(0.01, "paused", at=1800)  # outbid: its disk bills storage
+    e.change(0.12, "bid", at=3600)  # the bid raised: it runs again at the new bid
+    assert e.cost(now=7200) == pytest.approx(0.5 * 0.10 + 0.5 * 0.01 + 1.0 * 0.12)
+    assert e.paused_s(now=7200) == 1800
+    assert e.saving(now=7200) == pytest.approx(1.5 * 0.20 - 0.175)  # the running hours on demand, minus all it cost
+    assert interruptible_line(e, 0.12, now=7200) == ("interruptible: bid $0.1200/h (on demand $0.2000/h); paused 0.50 h "
+                                                     "(storage $0.0050); saved $0.1250 so far against on demand")
+    e.ended_at = 5400  # destroyed: nothing after it counts
+    assert e.cost(now=99999) == pytest.approx(0.05 + 0.005 + 0.5 * 0.12)
+    plain = LedgerEntry(instance_id=2, backend="local", dph_total=0.18, started_at=0.0)
+    assert plain.cost(now=3600) == pytest.approx(0.18) and plain.saving(now=3600) is None

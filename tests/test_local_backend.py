@@ -204,6 +204,8 @@ def test_interruptible_auto_bid_plan_and_create(project):
     inst = project.state()["instance"]
     assert (inst["bid_dph"], inst["dph_total"]) == (0.0932, 0.0932)
     assert project.double().instance(20000001)["dph_total"] == 0.0932  # what the double bills: the bid, not on demand
+    assert project.state()["ledger"][0]["on_demand_dph"] == 0.18
+    assert "interruptible: bid $0.0932/h (on demand $0.1800/h); paused 0.00 h (storage $0.0000); saved $" in project.cli("status").stdout
 
     # a fixed bid below every offer's min_bid: one line, nothing rented
     project.cli("destroy", "--yes")

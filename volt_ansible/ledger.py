@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from volt_ansible.jobs import Snapshot
+from volt_ansible.state import LedgerEntry
 
 
 @dataclass
@@ -49,3 +50,17 @@ def over_budget(p: Projection, budget_usd: float | None) -> str:
     if p.total_usd is not None and p.total_usd > budget_usd:
         return f"projected ${p.total_usd:.4f} > budget ${budget_usd:.4f} (volt_watch.budget_usd; spent ${p.spent_usd:.4f})"
     return ""
+
+
+def interruptible_line(entry: LedgerEntry, bid: float, now: float | None = None) -> str:
+    """status: the bid against the on-demand price, the time paused and the storage it billed, the saving so far."""
+    paused_s = entry.paused_s(now)
+    storage = sum((to - at) / 3600.0 * dph for at, to, dph, why in entry.segments(now) if why == "paused")
+    line = f"interruptible: bid ${bid:.4f}/h"
+    if entry.on_demand_dph is not None:
+        line += f" (on demand ${entry.on_demand_dph:.4f}/h)"
+    line += f"; paused {paused_s / 3600:.2f} h (storage ${storage:.4f})"
+    saved = entry.saving(now)
+    if saved is not None:
+        line += f"; saved ${saved:.4f} so far against on demand"
+    return line

@@ -79,6 +79,8 @@ def status(s, read_jobs: Callable[[], tuple[str, list[str]]] | None) -> None:
             f"instance {i.id} {escape('[' + i.backend + ']')} {i.gpu_name}: [bold]{shown}[/]  ssh {i.ssh_host}:{i.ssh_port}  "
             f"${i.dph_total:.3f}/h  up {up:.2f} h"
         )
+        if s.pricing:
+            out.print(escape(s.pricing), soft_wrap=True, highlight=False)
     for text in s.elsewhere:
         out.print(f"[yellow]{escape(text)}[/]", soft_wrap=True, highlight=False)
     if s.watch:

@@ -17,7 +17,7 @@ from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.backends import DEAD_STATUSES, Backend
 from volt_ansible.errors import VoltError
-from volt_ansible.state import Creating, Instance, LedgerEntry, State
+from volt_ansible.state import Creating, Instance, State
 
 Progress = Callable[[str], None]
 
@@ -85,6 +85,12 @@ def bid_for(spec: spec_mod.Spec, offer: dict) -> float | None:
 def _plan(spec: spec_mod.Spec, offer: dict) -> Plan:
     bid = bid_for(spec, offer)
     return Plan(offer, bid if bid is not None else offer["dph_total"], bid)
+
+
+def storage_dph(offer: dict, disk_gb: float) -> float:
+    """What the instance's disk bills per hour while it is stopped: the offer's storage_cost ($/GB/month) x disk / 730 h."""
+    per_gb_month = offer.get("storage_cost")
+    return float(per_gb_month) * disk_gb / 730.0 if isinstance(per_gb_month, int | float) and per_gb_month > 0 else 0.0
 
 
 def on_demand_price(backend: Backend, spec: spec_mod.Spec, offer_id: int) -> float | None:
@@ -246,7 +252,7 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
     volt_dir, name = state_mod.volt_dir(), backend.name
     host_vars = backend.instance_vars(root, progress)
     public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
-    chosen = choose(backend, spec, offer_id)
+    chosen = choose_priced(backend, spec, offer_id)
     bidding = f", bid ${chosen.bid:.4f}/h" if chosen.bid is not None else ""
     progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h{bidding})")
     with _uninterrupted():
@@ -254,7 +260,8 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         # finds the instance by its label (reconcile) instead of renting a second one.
         state.campaign = spec.campaign
         intent = Creating(offer_id=chosen.offer["id"], backend=name, label=state.new_label(), gpu_name=chosen.offer["gpu_name"],
-                          dph_total=chosen.dph, host_vars=host_vars)
+                          dph_total=chosen.dph, host_vars=host_vars, bid_dph=chosen.bid, on_demand_dph=chosen.on_demand_dph,
+                          storage_dph=storage_dph(chosen.offer, spec.instance.disk_gb))
         state.creating = intent
         state_mod.save(state)
         try:
@@ -267,7 +274,7 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
             crashpoints.here("create.record")
             state.instance = Instance(id=iid, offer_id=intent.offer_id, backend=name, gpu_name=intent.gpu_name,
                                       dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at, bid_dph=chosen.bid)
-            state.ledger.append(LedgerEntry(instance_id=iid, backend=name, dph_total=intent.dph_total, started_at=intent.at))
+            state.ledger.append(intent.entry(iid))
             state.creating = None
             state_mod.save(state)
             try:  # the SDK retried a create that had succeeded: the other copy goes (every later command sweeps too)

@@ -42,14 +42,41 @@ class Instance(BaseModel):
 class LedgerEntry(BaseModel):
     instance_id: int
     backend: str
-    dph_total: float
+    dph_total: float  # $/h from started_at (until the first change)
     started_at: float
     ended_at: float | None = None
     end_reason: str = ""
+    on_demand_dph: float | None = None  # interruptible: the same offer on demand, what the saving is counted against
+    storage_dph: float = 0.0  # what its disk bills per hour while it is stopped (the offer's storage_cost x disk / 730 h)
+    # (at, $/h from then on, why): a bid raised ("bid"), the instance paused by an outbid ("paused": storage_dph), running again
+    changes: list[tuple[float, float, str]] = []
+
+    def segments(self, now: float | None = None) -> list[tuple[float, float, float, str]]:
+        """(from, to, $/h, why) over the entry's life; why is "" for the first segment."""
+        end = self.ended_at if self.ended_at is not None else (now or time.time())
+        points = [(self.started_at, self.dph_total, ""), *sorted(self.changes)]
+        out = []
+        for i, (at, dph, why) in enumerate(points):
+            to = min(end, points[i + 1][0]) if i + 1 < len(points) else end
+            if to > at:
+                out.append((at, to, dph, why))
+        return out
 
     def cost(self, now: float | None = None) -> float:
-        end = self.ended_at if self.ended_at is not None else (now or time.time())
-        return max(0.0, end - self.started_at) / 3600.0 * self.dph_total
+        return sum((to - at) / 3600.0 * dph for at, to, dph, _ in self.segments(now))
+
+    def paused_s(self, now: float | None = None) -> float:
+        return sum(to - at for at, to, _, why in self.segments(now) if why == "paused")
+
+    def saving(self, now: float | None = None) -> float | None:
+        """What the same running hours would have cost on demand, minus what this cost (storage while paused included)."""
+        if self.on_demand_dph is None:
+            return None
+        running_s = sum(to - at for at, to, _, why in self.segments(now) if why != "paused")
+        return running_s / 3600.0 * self.on_demand_dph - self.cost(now)
+
+    def change(self, dph: float, why: str, at: float | None = None) -> None:
+        self.changes.append((time.time() if at is None else at, dph, why))
 
 
 class Home(BaseModel):
@@ -82,6 +109,14 @@ class Creating(BaseModel):
     gpu_name: str = ""
     dph_total: float = 0.0
     host_vars: dict[str, Any] = {}
+    bid_dph: float | None = None  # interruptible: the bid sent
+    on_demand_dph: float | None = None
+    storage_dph: float = 0.0
+
+    def entry(self, instance_id: int) -> LedgerEntry:
+        """The ledger entry of the instance this create made."""
+        return LedgerEntry(instance_id=instance_id, backend=self.backend, dph_total=self.dph_total, started_at=self.at,
+                           on_demand_dph=self.on_demand_dph, storage_dph=self.storage_dph)
 
 
 class State(BaseModel):

@@ -22,6 +22,7 @@ class Status:
     cost_usd: float
     elsewhere: list[str]  # this campaign's instances rented from another checkout
     watch: str = ""  # whether a `watch` is running, and when its last round was
+    pricing: str = ""  # interruptible: bid vs on demand, time paused, saving so far
 
 
 def status() -> Status:
@@ -32,7 +33,10 @@ def status() -> Status:
             live = backend.show(state.instance.id)
         if live is not None and live.get("actual_status") and live["actual_status"] != state.instance.status:
             rent.record(state, status=live["actual_status"])
-    return Status(state, live, state.total_cost(), elsewhere, watchbeat.read(state_mod.volt_dir()).line() + watch_service.installed_note())
+    entry = state.open_entry(state.instance.id) if state.instance else None
+    pricing = ledger.interruptible_line(entry, state.instance.bid_dph) if entry and state.instance and state.instance.bid_dph else ""
+    return Status(state, live, state.total_cost(), elsewhere, watchbeat.read(state_mod.volt_dir()).line() + watch_service.installed_note(),
+                  pricing)
 
 
 def ssh_command(extra: list[str]) -> list[str]:
