@@ -94,3 +94,26 @@ def test_the_ledger_bills_the_bid_running_storage_paused_and_counts_the_saving()
     assert e.cost(now=99999) == pytest.approx(0.05 + 0.005 + 0.5 * 0.12)
     plain = LedgerEntry(instance_id=2, backend="local", dph_total=0.18, started_at=0.0)
     assert plain.cost(now=3600) == pytest.approx(0.18) and plain.saving(now=3600) is None
+
+
+def test_an_outbid_reads_from_the_api_fields_and_the_next_bid_stays_under_the_cap():
+    from volt_ansible import recovery
+
+    outbid = {"actual_status": "stopped", "cur_state": "stopped", "intended_status": "stopped", "next_state": "stopped", "is_bid": True}
+    assert recovery.paused(outbid) and recovery.lost_reason(outbid, None, 7200, 0) == ""  # paused, not lost: its disk is there
+    assert not recovery.paused({"actual_status": "running", "cur_state": "running"})
+    assert not recovery.paused({"actual_status": "exited", "cur_state": "stopped"})  # exited never runs again: lost
+    assert not recovery.paused(None)
+    # the machine's winning bid + margin, at least a margin over the current bid, rounded up, never above the cap
+    assert recovery.next_bid(0.0932, 0.0942, 0.15, 0.2) == 0.1084  # 0.0942 x 1.15 = 0.10833
+    assert recovery.next_bid(0.0932, None, 0.15, 0.2) == 0.1072  # no winning bid shown: 0.0932 x 1.15 = 0.10718
+    assert recovery.next_bid(0.19, 0.195, 0.15, 0.2) == 0.2
+    assert recovery.next_bid(0.2, 0.3, 0.15, 0.2) is None  # at the cap: wait for the competitor to leave, then migrate
+
+
+def test_a_price_increase_row_in_dollars_per_hour():
+    from volt_ansible.campaign.price_increase import new_dph
+
+    assert new_dph({"new_gpu_costpersec": 0.25 / 3600}, 1) == pytest.approx(0.25)
+    assert new_dph({"new_gpu_costpersec": 0.1 / 3600, "new_disk_ram_costpersec": 0.02 / 3600}, 2) == pytest.approx(0.22)
+    assert new_dph({"new_gpu_costpersec": None}, 1) is None

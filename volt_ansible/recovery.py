@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,21 @@ def lost_reason(live: dict | None, unreachable_since: float | None, ssh_replace_
     if unreachable_since is not None and now - unreachable_since >= ssh_replace_s:
         return f"SSH has failed for {now - unreachable_since:.0f} s while the Vast API says {status} (volt_watch.ssh_replace_s = {ssh_replace_s:g})"
     return ""
+
+
+def paused(live: dict | None) -> bool:
+    """Stopped in the API without this campaign stopping it (it never does: it destroys): an interruptible instance
+    outbid, or an on-demand one its host stopped. Its disk stays on the machine and it can run again."""
+    return live is not None and live.get("actual_status") not in DEAD_STATUSES and live.get("cur_state") == "stopped"
+
+
+def next_bid(current: float, winning: float | None, margin: float, cap: float) -> float | None:
+    """The bid that should win the machine back: the lowest winning bid the API shows plus the margin, at least a margin
+    above the current bid, at most the cap; None when the current bid is at the cap already."""
+    if current >= cap:
+        return None
+    want = max(current * (1 + margin), (winning or 0.0) * (1 + margin))
+    return min(cap, math.ceil(round(want * 1e4, 6)) / 1e4)
 
 
 def silence_warning(instance_id: int, unreachable_since: float, ssh_dead_s: float, ssh_replace_s: float, now: float) -> str:

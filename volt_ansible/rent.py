@@ -88,9 +88,10 @@ def _plan(spec: spec_mod.Spec, offer: dict) -> Plan:
 
 
 def storage_dph(offer: dict, disk_gb: float) -> float:
-    """What the instance's disk bills per hour while it is stopped: the offer's storage_cost ($/GB/month) x disk / 730 h."""
+    """What the instance's disk bills per hour while it is stopped: the offer's storage_cost ($/GB/month) x disk / 720 h
+    (30 days: the vastai CLI's own convention for storage per month)."""
     per_gb_month = offer.get("storage_cost")
-    return float(per_gb_month) * disk_gb / 730.0 if isinstance(per_gb_month, int | float) and per_gb_month > 0 else 0.0
+    return float(per_gb_month) * disk_gb / 720.0 if isinstance(per_gb_month, int | float) and per_gb_month > 0 else 0.0
 
 
 def on_demand_price(backend: Backend, spec: spec_mod.Spec, offer_id: int) -> float | None:

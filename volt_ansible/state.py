@@ -34,7 +34,8 @@ class Instance(BaseModel):
     created_at: float = Field(default_factory=time.time)
     ready: bool = False  # running, price checked, SSH works with the campaign key
     unreachable_since: float | None = None  # first failed SSH check since the last good one
-    bid_dph: float | None = None  # interruptible: the bid it was created with (None: on-demand)
+    bid_dph: float | None = None  # interruptible: its bid now (None: on-demand)
+    paused_since: float | None = None  # stopped in the API (outbid, or its host stopped it), its disk kept: when first seen
     # Ansible variables this instance needs beyond group_vars (the local world sets its own repo/toolchain).
     host_vars: dict[str, Any] = {}
 
@@ -96,6 +97,7 @@ class Recovery(BaseModel):
     backend: Literal["vast", "local"]
     lost_id: int
     started_at: float = Field(default_factory=time.time)
+    pricing: Literal["on-demand", "interruptible"] | None = None  # the replacement's, when not the spec's (volt_interruptible.fallback)
 
 
 class Creating(BaseModel):

@@ -47,6 +47,17 @@ class Backend(ABC):
     def destroy(self, instance_id: int) -> bool:
         """True when destroyed now, False when the API no longer knows it."""
 
+    @abstractmethod
+    def change_bid(self, instance_id: int, price: float) -> None:
+        """Set an interruptible instance's bid ($/h): above the competitor's, an outbid instance runs again."""
+
+    @abstractmethod
+    def pending_price_increases(self) -> list[dict]:
+        """The account's pending host price increases (rows: contract_id, new_/old_gpu_costpersec, ..., ask_end_date)."""
+
+    @abstractmethod
+    def answer_price_increase(self, instance_id: int, accept: bool) -> None: ...
+
     def instance_vars(self, root: Path, progress: Callable[[str], None]) -> dict:
         """Get ready to create an instance; return the Ansible host vars it needs beyond group_vars."""
         return {}

@@ -194,6 +194,26 @@ class VastApi(Backend):
                 return None
             raise
 
+    def change_bid(self, instance_id: int, price: float) -> None:
+        res = self._call(f"change the bid of instance {instance_id}", self.sdk.change_bid, instance_id, price=price)
+        if isinstance(res, dict) and res.get("success") is False:
+            raise VoltError(f"change the bid of instance {instance_id}: Vast refused ({res.get('msg') or res.get('error')})")
+
+    def pending_price_increases(self) -> list[dict]:
+        res = self._call("list pending price increases", self.sdk.show_pending_price_increases)
+        rows = res.get("pending_price_increases") if isinstance(res, dict) else None
+        if not isinstance(rows, list):
+            raise VoltError(f"list pending price increases: the Vast API answered something that is not a list ({str(res)[:120]!r})")
+        return rows
+
+    def answer_price_increase(self, instance_id: int, accept: bool) -> None:
+        fn = self.sdk.accept_price_increase if accept else self.sdk.reject_price_increase
+        what = f"{'accept' if accept else 'reject'} the price increase of instance {instance_id}"
+        try:
+            self._call(what, fn, instance_id=instance_id)
+        except LookupError:
+            raise VoltError(f"{what}: it is no longer pending") from None
+
     def destroy(self, instance_id: int) -> bool:
         """True when destroyed now, False when the API no longer knows it."""
         try:

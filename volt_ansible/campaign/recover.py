@@ -59,9 +59,12 @@ class Recovered:
     seconds: float  # from the start of this command to the jobs started again
 
 
-def recover(from_scratch: bool = False, force: bool = False, progress: Progress = quiet) -> Recovered:
+def recover(from_scratch: bool = False, force: bool = False, progress: Progress = quiet, reason: str = "",
+            pricing: str | None = None) -> Recovered:
     """Replace a lost instance: rent the same spec, prepare it, send the data the unfinished jobs need, push
-    back what is home (finished outputs, the newest verified epoch checkpoint) and resume training."""
+    back what is home (finished outputs, the newest verified epoch checkpoint) and resume training.
+    reason: the caller's (watch, for an instance paused too long) instead of asking its health; pricing: the
+    replacement's (volt_interruptible.fallback) when not the spec's."""
     t0 = time.monotonic()
     root, spec, (state, _) = project_root(), spec_mod.load(), reconciled()
     volt_dir, local = state_mod.volt_dir(), backup_dir()
@@ -72,7 +75,8 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
             raise VoltError("no instance is recorded and no recovery is under way: nothing to recover (`volt-ansible provision` starts one)")
         inst = state.instance
         with open_backend(inst.backend) as backend:
-            reason, live = _retrying(f"reading instance {inst.id}", lambda: health(state, backend), progress)
+            found, live = _retrying(f"reading instance {inst.id}", lambda: health(state, backend), progress)
+        reason = reason or found
         if not reason:
             if not force:
                 raise VoltError(f"instance {inst.id} is running and answers SSH: nothing to recover (`volt-ansible status` shows its jobs; "
@@ -91,7 +95,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
             state.retired.append(inst.model_copy(update={"status": live.get("actual_status") or "lost"}))
         ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
         state.instance = None
-        state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id)
+        state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id, pricing=pricing)
         state_mod.save(state)
     rec = state.recovery
 
@@ -99,7 +103,10 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
         if state.instance is not None:  # a half-made replacement that could not be destroyed: never rent over it
             raise _NoRetry(f"instance {state.instance.id} was created but could not be brought up nor destroyed: "
                            "`volt-ansible destroy --force` it, then recover again")
-        return rent_new(rec.backend, spec, state, progress=progress)
+        wanted = spec
+        if rec.pricing and rec.pricing != spec.instance.pricing:
+            wanted = spec.model_copy(update={"instance": spec.instance.model_copy(update={"pricing": rec.pricing})})
+        return rent_new(rec.backend, wanted, state, progress=progress)
 
     if state.instance is None:
         progress(f"renting a replacement for instance {rec.lost_id}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from volt_ansible import ledger, recovery, watchbeat
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
+from volt_ansible.campaign import pause, price_increase
 from volt_ansible.campaign.backup import backup_now
 from volt_ansible.campaign.context import Progress, open_backend, quiet, reconciled
 from volt_ansible.campaign.destroy import destroy
@@ -41,9 +42,17 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     inst = state.instance
     with open_backend(inst.backend) as backend:
         try:
-            reason, _ = health(state, backend)
+            reason, live = health(state, backend)
+            paused = pause.on_round(state, backend, live, spec, progress) if not reason else pause.PauseRound()
         except VoltError as e:
             return Round([f"warning: {e} (checked again next round)"])
+    if paused.migrate:  # paused past volt_interruptible.run_again_wait_s: a replacement (the fallback's pricing)
+        if not auto_recover:
+            return Round([*paused.lines, f"instance {inst.id} {paused.migrate}: run `volt-ansible recover --force`"], done="auto recovery is off")
+        fallback = spec.interruptible.fallback
+        return _recover_round(progress, paused.lines, reason=paused.migrate, pricing=fallback if fallback != "stop" else None)
+    if paused.handled:
+        return Round(paused.lines)
     if reason:
         if not auto_recover:
             return Round([f"instance {inst.id} is lost ({reason}): run `volt-ansible recover`"], done="auto recovery is off")
@@ -66,6 +75,11 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
             out.append(f"warning: {e}")
     proj = projection(snap)
     out.append(proj.line())
+    try:
+        with open_backend(inst.backend) as backend:
+            out += price_increase.answer(state_mod.load(), backend, spec, proj.spent_usd, proj.remaining_h)
+    except VoltError as e:
+        out.append(f"warning: pending price increases: {e} (checked again next round)")
     over = ledger.over_budget(proj, spec.watch.budget_usd)
     if over:
         backup_now(progress)  # files still being written stay out: a torn checkpoint must never count as home
@@ -84,13 +98,13 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     return Round(out)
 
 
-def _recover_round(progress: Progress) -> Round:
+def _recover_round(progress: Progress, lines: list[str] | None = None, reason: str = "", pricing: str | None = None) -> Round:
     """A recovery inside watch: a failure is reported and tried again next round, never the end of watch."""
     try:
-        r = recover(progress=progress)
+        r = recover(progress=progress, reason=reason, pricing=pricing)
     except VoltError as e:
-        return Round([f"warning: recovery failed: {e}"])
-    return Round([f"recovered: instance {r.new.id} replaces {r.lost_id} ({r.reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
+        return Round([*(lines or []), f"warning: recovery failed: {e}"])
+    return Round([*(lines or []), f"recovered: instance {r.new.id} replaces {r.lost_id} ({r.reason}) in {r.seconds:.0f} s; {r.restore.describe()}"])
 
 
 def watch(auto_recover: bool | None = None, auto_finish: bool | None = None, interval_min: float | None = None, once: bool = False,
