@@ -19,7 +19,7 @@ import pytest
 import requests
 from conftest import RTT_MS, make_project
 
-from volt_ansible.local import podman
+from volt_ansible.local import link, podman
 from volt_ansible.local.server import DoubleServer
 
 pytestmark = pytest.mark.podman
@@ -58,6 +58,10 @@ class World:
 
     def row(self, iid: int) -> dict:
         return self.sdk.show_instance(iid)
+
+    def link(self, iid: int) -> dict:
+        with self.double.store() as s:
+            return dict(s["instances"][str(iid)]["link"])
 
     def container(self, iid: int) -> str:
         return f"volt-local-{self.double.scope}-{iid}"
@@ -104,8 +108,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world():
-    saved = os.environ.get("VOLT_LOCAL_RTT_MS")
-    os.environ["VOLT_LOCAL_RTT_MS"] = RTT_MS  # the instances sit behind the link model, as every project's do
+    saved = {k: os.environ.get(k) for k in ("VOLT_LOCAL_RTT_MS", "VOLT_LOCAL_RATE_MBIT")}
+    # the instances sit behind the link model, as every project's do: the delay, and a rate (tc on their veth)
+    os.environ.update(VOLT_LOCAL_RTT_MS=RTT_MS, VOLT_LOCAL_RATE_MBIT="200")
     root = Path(tempfile.mkdtemp(prefix="vbid-"))
     w = World(root)
     try:
@@ -115,10 +120,11 @@ def world():
     finally:
         w.server.close()
         w.double.clean()
-        if saved is None:
-            os.environ.pop("VOLT_LOCAL_RTT_MS", None)
-        else:
-            os.environ["VOLT_LOCAL_RTT_MS"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_bid_instance_record(world):
@@ -135,7 +141,8 @@ def test_outbid_then_competitor_leaves(world):
     world.ssh(iid, "mkdir -p /root/data && echo kept > /root/data/note && (setsid sleep 1000 >/dev/null 2>&1 &)")
     assert "sleep 1000" in world.ssh(iid, "ps -eo args").stdout
     port, key = world.row(iid)["ssh_port"], world.host_key(iid)
-    assert key
+    before = world.link(iid)
+    assert key and "tbf" in link.Veth(world.container(iid)).qdiscs()
 
     assert "outbid (a competing bid of $0.12/h)" in world.project.cli("local", "outbid", str(iid), "--price", "0.12").stdout
     row = world.row(iid)
@@ -154,6 +161,11 @@ def test_outbid_then_competitor_leaves(world):
     world.wait_ssh(iid)
     row = world.row(iid)
     assert row["actual_status"] == "running" and row["ssh_port"] == port and world.host_key(iid) == key
+    # the link model is back on the restarted container's new veth (a new interface, a new address: a new relay)
+    now = world.link(iid)
+    assert "tbf" in link.Veth(world.container(iid)).qdiscs()
+    if now.get("delay_by") == "relay":
+        assert now["relay_port"] == port and link.relay_running(now["relay_pid"]) and not link.relay_running(before["relay_pid"])
     assert world.ssh(iid, "cat /root/data/note").stdout == "kept\n"
     assert "sleep 1000" not in world.ssh(iid, "ps -eo args").stdout  # every process of before is gone
 

@@ -175,7 +175,13 @@ class LocalVast:
         if not inst.get("ssh_port"):
             return
         podman.run("stop", "-t", "0", inst["container"], check=False)
-        link.stop_relay((inst.get("link") or {}).get("relay_pid"))
+        pid = (inst.get("link") or {}).get("relay_pid")
+        if pid:
+            link.stop_relay(pid)
+            with self.store() as s:  # a dead relay's pid, once reused by another process, must never be signalled
+                rec = s["instances"][str(inst["id"])]
+                if (rec.get("link") or {}).get("relay_pid") == pid:
+                    rec["link"]["relay_pid"] = None
 
     def _resume(self, inst: dict) -> None:
         """Start the stopped container again, then its link model: a restarted container has a new veth and address, so
