@@ -146,7 +146,8 @@ class LocalVast:
         rival = bids.competitor(s, machine)
         for inst in s["instances"].values():
             offer = offer_of(inst)
-            if inst.get("destroyed") or inst.get("held") or offer["machine_id"] != machine or bids.wins(inst, offer, rival):
+            if (inst.get("destroyed") or inst.get("held") or inst.get("forced_status") or offer["machine_id"] != machine
+                    or bids.wins(inst, offer, rival)):
                 continue
             billing.accrue(inst, offer, self.now(s))
             inst.update(held=True, outbid=True, intended="stopped",
@@ -161,8 +162,8 @@ class LocalVast:
         rival = bids.competitor(s, machine)
         for inst in s["instances"].values():
             offer = offer_of(inst)
-            if (inst.get("destroyed") or not inst.get("held") or inst.get("user_stopped") or offer["machine_id"] != machine
-                    or not bids.wins(inst, offer, rival)):
+            if (inst.get("destroyed") or not inst.get("held") or inst.get("user_stopped") or inst.get("forced_status")
+                    or offer["machine_id"] != machine or not bids.wins(inst, offer, rival)):
                 continue
             billing.accrue(inst, offer, self.now(s))
             inst.update(held=False, outbid=False, intended="running", status_msg=None)
