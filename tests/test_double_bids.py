@@ -239,6 +239,8 @@ def test_copy_direct_from_a_stopped_instance(world):
                input=blob)
     podman.run("stop", "-t", "0", world.container(src))
 
+    dst_link = link.Veth(world.container(dst))
+    tx0 = dst_link.tx_bytes()
     res = world.sdk.copy(f"C.{src}:/root/work/", f"C.{dst}:/root/rescue/")
     assert res["success"] is True
     refused = world.sdk.copy(f"C.{src}:/root/work/", f"{dst}:/root/")  # the legacy bare id
@@ -249,6 +251,7 @@ def test_copy_direct_from_a_stopped_instance(world):
     assert [j["ok"] for j in jobs] == [True, True], jobs
     assert jobs[0]["bytes"] == 300_000 and jobs[1]["bytes"] == 300_000
     assert "done (300000 bytes)" in world.row(dst)["status_msg"]
+    assert dst_link.tx_bytes() - tx0 < 100_000  # 600 kB landed, none of it through the instance's link
 
     for path in ("/root/rescue/sub/blob", "/root/cli/blob"):
         out = world.ssh(dst, f"sha256sum {path} && stat -c '%a %Y' {path}").stdout.split()
@@ -264,7 +267,7 @@ def test_billing_across_running_stopped_running(world):
     world.sdk.stop_instance(iid)
     row = world.row(iid)
     assert row["actual_status"] == "stopped" and row["dph_total"] == pytest.approx(storage, abs=1e-6)
-    world.double.advance_clock(7200)
+    assert world.hook("clock", {"advance_s": 7200})["now"] > time.time() + 7200
     world.sdk.start_instance(iid)
     world.double.advance_clock(1800)
     cost = world.hook(f"instances/{iid}/cost", method="GET")
@@ -297,7 +300,7 @@ def test_pending_price_increases(world):
         price_increase.accept(client, pid)
     assert err.value.response.status_code == 404 and err.value.response.json()["error"] == "no_pending_price_increase"
 
-    rejected = world.double.post_price_increase(iid, 0.3, due_in_s=60)["pending_price_increase_id"]
+    rejected = world.hook(f"instances/{iid}/price_increase", {"dph": 0.3, "due_in_s": 60})["pending_price_increase_id"]
     price_increase.reject(client, rejected)
     world.double.advance_clock(120)
     assert world.row(iid)["dph_total"] == 0.25 and price_increase.list_pending(client)["count"] == 0
