@@ -247,10 +247,12 @@ def test_copy_direct_from_a_stopped_instance(world):
     assert refused["success"] is False and "breaks the instance's ssh folder" in refused["msg"]
     cli = world.vastai("copy", f"C.{src}:/root/work/sub/blob", f"C.{dst}:/root/cli/")
     assert "Remote to Remote copy initiated" in cli.stdout, cli.stdout + cli.stderr
-    jobs = world.wait_copies(2)
-    assert [j["ok"] for j in jobs] == [True, True], jobs
+    world.sdk.copy(f"C.{src}:/root/missing/", f"C.{dst}:/root/nothing/")
+    jobs = world.wait_copies(3)
+    assert [j["ok"] for j in jobs] == [True, True, False], jobs
+    assert all(j["finished_at"] >= j["started_at"] for j in jobs)
+    assert "\"/root/missing\" failed: No such file" in jobs[2]["error"] and "failed" in jobs[2]["status_msg"]
     assert jobs[0]["bytes"] == 300_000 and jobs[1]["bytes"] == 300_000
-    assert "done (300000 bytes)" in world.row(dst)["status_msg"]
     assert dst_link.tx_bytes() - tx0 < 100_000  # 600 kB landed, none of it through the instance's link
 
     for path in ("/root/rescue/sub/blob", "/root/cli/blob"):

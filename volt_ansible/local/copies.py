@@ -60,7 +60,8 @@ def rsync(src_root: Path, dst_root: Path, src_path: str, dst_path: str) -> int:
     proc = subprocess.run(["rsync", "-a", "--mkpath", "--stats", "--", src, dst], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr.strip() or f"rsync exit {proc.returncode}").splitlines()
-        raise VoltError(lines[-1].replace(str(src_root), "").replace(str(dst_root), ""))
+        first = next((ln for ln in lines if not ln.startswith("rsync error:")), lines[-1])  # the cause, not the summary
+        raise VoltError(first.replace(str(src_root), "").replace(str(dst_root), ""))
     m = re.search(r"Total transferred file size: ([\d,]+)", proc.stdout)
     return int(m.group(1).replace(",", "")) if m else 0
 
