@@ -243,6 +243,23 @@ def local_preempt(instance: int | None = typer.Argument(None, help="default: the
     out.print(f"local instance {campaign.local_preempt(instance)} preempted")
 
 
+@local_app.command("outbid")
+def local_outbid(
+    instance: int | None = typer.Argument(None, help="default: the campaign's instance"),
+    price: float | None = typer.Option(None, "--price", help="the competing bid in $/h (default: the instance's bid + $0.01)"),
+) -> None:
+    """A competing bid takes a local interruptible instance's machine: it stops, its processes killed, its disk kept."""
+    iid, bid = campaign.local_outbid(instance, price)
+    out.print(f"local instance {iid} outbid (a competing bid of ${bid:g}/h)")
+
+
+@local_app.command("competitor-leaves")
+def local_competitor_leaves(instance: int | None = typer.Argument(None, help="default: the campaign's instance")) -> None:
+    """The competitor on a local instance's machine leaves: what it outbid there runs again (processes gone, files kept)."""
+    back = campaign.local_competitor_leaves(instance)
+    out.print(f"running again: {', '.join(map(str, back))}" if back else "nothing was waiting for that machine")
+
+
 @local_app.command("clean")
 def local_clean() -> None:
     """Remove every container the local double started for this project."""

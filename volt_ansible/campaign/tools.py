@@ -20,6 +20,28 @@ def local_preempt(instance: int | None = None) -> int:
     return iid
 
 
+def _local_instance(instance: int | None, what: str) -> int:
+    state = state_mod.load()
+    iid = instance if instance is not None else (state.instance.id if state.instance else None)
+    if iid is None:
+        raise VoltError(f"no instance to {what}: name one, or provision first")
+    return iid
+
+
+def local_outbid(instance: int | None = None, price: float | None = None) -> tuple[int, float]:
+    """A competing bid takes a local interruptible instance's machine: it stops, its disk kept; return (id, that bid)."""
+    iid = _local_instance(instance, "outbid")
+    with open_backend("local") as backend:
+        return iid, backend.double.outbid(iid, price)
+
+
+def local_competitor_leaves(instance: int | None = None) -> list[int]:
+    """The competitor on a local instance's machine leaves: the instances outbid there run again; return their ids."""
+    iid = _local_instance(instance, "give its machine back to")
+    with open_backend("local") as backend:
+        return backend.double.competitor_leaves(iid)
+
+
 def local_clean() -> int:
     """Remove every container the local double started for this project; return how many."""
     with open_backend("local") as backend:

@@ -310,20 +310,23 @@ async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float,
 
 
 def relay_main(argv: list[str]) -> int:
-    """python -m volt_ansible.local.link relay <listen-port-file> <target-ip> <target-port> <rtt-ms>: bind a free
-    port on 127.0.0.1, write it to the file, forward with the delay until killed."""
-    port_file, ip, port, rtt_ms = argv
-    listen = socket.create_server(("127.0.0.1", 0))
+    """python -m volt_ansible.local.link relay <listen-port-file> <target-ip> <target-port> <rtt-ms> [<listen-port>]:
+    bind the port (default: a free one) on 127.0.0.1, write it to the file, forward with the delay until killed."""
+    port_file, ip, port, rtt_ms, *listen_port = argv
+    listen = socket.create_server(("127.0.0.1", int(listen_port[0]) if listen_port else 0))
     Path(port_file).write_text(f"{listen.getsockname()[1]}\n")
     asyncio.run(_serve(listen, (ip, int(port)), float(rtt_ms) / 2000.0, Gate()))
     return 0
 
 
-def start_relay(run_dir: Path, name: str, ip: str, rtt_ms: float, port: int = 22) -> tuple[int, int]:
-    """Start the relay to a container's port (sshd) in a session of its own; returns (its port on 127.0.0.1, its pid)."""
+def start_relay(run_dir: Path, name: str, ip: str, rtt_ms: float, port: int = 22, listen_port: int = 0) -> tuple[int, int]:
+    """Start the relay to a container's port (sshd) in a session of its own; returns (its port on 127.0.0.1, its pid).
+    listen_port: the port an earlier relay of this instance had (a restarted container has a new address, its
+    ssh_port stays); 0: a free one."""
     port_file = run_dir / f"relay-{name}.port"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "volt_ansible.local.link", "relay", str(port_file), ip, str(port), f"{rtt_ms:g}"],
+    argv = [sys.executable, "-m", "volt_ansible.local.link", "relay", str(port_file), ip, str(port), f"{rtt_ms:g}"]
+    proc = subprocess.Popen(argv + ([str(listen_port)] if listen_port else []),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -25,6 +25,7 @@ def _offer(id: int, gpu: str, cores: int, ram_gb: int, disk: float, cuda: float,
         "dph_total": dph,
         "dph_base": round(dph * 0.9, 4),
         "min_bid": round(dph * 0.45, 4),
+        "storage_cost": 0.15,  # $/GB/month, billed while a rented instance is stopped
         "reliability": rel,
         "reliability2": rel,
         "verification": "verified",

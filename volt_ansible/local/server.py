@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from volt_ansible.errors import VoltError
 from volt_ansible.local.double import LocalVast
 from volt_ansible.state import volt_dir
 
@@ -18,14 +19,30 @@ MAX_BODY = 1 << 20  # the SDK's largest request is a few KB: anything bigger is 
 ROUTES = [
     ("POST", r"/api/v0/bundles/?", "search"),
     ("PUT", r"/api/v0/asks/(\d+)/?", "create"),
+    ("GET", r"/api/v0/instances/pending-price-increases/?", "pending_price_increases"),
+    ("PUT", r"/api/v0/instances/accept-price-increase/?", "accept_price_increase"),
+    ("PUT", r"/api/v0/instances/reject-price-increase/?", "reject_price_increase"),
+    ("PUT", r"/api/v0/instances/bid_price/(\d+)/?", "change_bid"),
+    ("PUT", r"/api/v0/instances/command/(\d+)/?", "execute"),
+    ("PUT", r"/api/v0/commands/copy_direct/?", "copy_direct"),
     ("GET", r"/api/v0/instances/(\d+)/?", "show"),
+    ("PUT", r"/api/v0/instances/(\d+)/?", "update"),
     ("DELETE", r"/api/v0/instances/(\d+)/?", "destroy"),
     ("POST", r"/api/v0/instances/(\d+)/ssh/?", "attach_ssh"),
     ("GET", r"/api/v1/instances/?", "list"),
     ("GET", r"/api/v0/users/current/?", "user"),
     ("POST", r"/_test/instances/(\d+)/preempt", "preempt"),
     ("POST", r"/_test/faults", "faults"),
+    ("POST", r"/_test/instances/(\d+)/outbid", "outbid"),
+    ("POST", r"/_test/instances/(\d+)/competitor_leaves", "competitor_leaves"),
+    ("POST", r"/_test/instances/(\d+)/price_increase", "post_price_increase"),
+    ("GET", r"/_test/instances/(\d+)/cost", "cost"),
+    ("GET", r"/_test/copies", "copies"),
+    ("POST", r"/_test/clock", "clock"),
 ]
+# execute's result_url: fetched with a plain unauthenticated GET (vastai/api/instances.py _poll_result_url), so the
+# token in it is the secret; 404 until the result is complete
+RESULTS = r"/_results/([0-9a-f]{32})"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -46,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        if method == "GET" and (m := re.fullmatch(RESULTS, url.path)):
+            return self._send_result(m.group(1))
         # Auth first, in constant time, before a byte of the body is read: an unauthenticated client costs nothing.
         sent = (self.headers.get("Authorization") or "").encode()
         if not hmac.compare_digest(sent, f"Bearer {self.double.api_key}".encode()):
@@ -71,6 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 try:
                     return getattr(self, f"op_{name}")(*m.groups(), body=body, query=query)
+                except VoltError as e:  # a test hook asked for something impossible (outbid an on-demand instance ...)
+                    return self._send(400, {"success": False, "error": "invalid_request", "msg": str(e)})
                 except Exception as e:  # a broken double must still answer like a server
                     return self._send(500, {"success": False, "error": "server_error", "msg": f"{type(e).__name__}: {e}"})
         self._send(404, {"success": False, "error": "not_found", "msg": f"{method} {url.path}"})
@@ -86,6 +107,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
+
+    def _send_result(self, token: str) -> None:
+        text = self.double.command_result(token)
+        if text is None:
+            return self._send(404, {"success": False, "error": "not_ready", "msg": "the result is not ready"})
+        raw = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
 
     # -- operations ----------------------------------------------------------------------------
     def op_search(self, body: dict, query: dict) -> None:
@@ -122,6 +154,76 @@ class _Handler(BaseHTTPRequestHandler):
 
     def op_user(self, body: dict, query: dict) -> None:
         self._send(200, {"id": 1, "username": "local", "email": "local@localhost", "credit": 100.0, "balance": 0.0})
+
+    def op_update(self, iid: str, body: dict, query: dict) -> None:
+        """start/stop ({"state": ...}, what an instance sends to stop itself too) and label."""
+        if "state" in body:
+            status, res = self.double.set_state(int(iid), body["state"])
+            if status != 200 or "label" not in body:
+                return self._send(status, res)
+        if "label" in body:
+            if not self.double.set_label(int(iid), body["label"]):
+                return self._send(404, {"success": False, "error": "no_such_instance", "msg": f"Instance {iid} not found."})
+            return self._send(200, {"success": True})
+        if "state" not in body:
+            return self._send(400, {"success": False, "error": "invalid_args", "msg": "nothing to change: give state or label"})
+
+    def op_change_bid(self, iid: str, body: dict, query: dict) -> None:
+        price = body.get("price")
+        if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price <= 0):
+            return self._send(400, {"success": False, "error": "invalid_args", "msg": f"price must be a positive number or null, not {price!r}"})
+        self._send(*self.double.change_bid(int(iid), price))
+
+    def op_copy_direct(self, body: dict, query: dict) -> None:
+        res = self.double.copy_direct(body)
+        self._send(404 if res.get("error") == "no_such_instance" else 200, res)
+
+    def op_execute(self, iid: str, body: dict, query: dict) -> None:
+        res = self.double.execute(int(iid), body.get("command"))
+        if res.get("error") == "no_such_instance":
+            return self._send(404, res)
+        if res.get("success"):
+            host, port = self.server.server_address[:2]
+            res = {"success": True, "result_url": f"http://{host}:{port}/_results/{res['token']}", "writeable_path": res["writeable_path"]}
+        self._send(200, res)
+
+    def op_pending_price_increases(self, body: dict, query: dict) -> None:
+        rows = self.double.pending_price_increases()
+        self._send(200, {"success": True, "count": len(rows), "truncated": False, "pending_price_increases": rows})
+
+    def _answer_price_increase(self, body: dict, accept: bool) -> None:
+        pid = body.get("pending_price_increase_id")
+        if set(body) != {"pending_price_increase_id"} or isinstance(pid, bool) or not isinstance(pid, int):
+            return self._send(400, {"success": False, "error": "invalid_args",
+                                    "msg": 'the body must be exactly {"pending_price_increase_id": <int>}'})
+        res = self.double.answer_price_increase(pid, accept)
+        if res is None:
+            return self._send(404, {"success": False, "error": "no_pending_price_increase"})
+        self._send(200, res)
+
+    def op_accept_price_increase(self, body: dict, query: dict) -> None:
+        self._answer_price_increase(body, True)
+
+    def op_reject_price_increase(self, body: dict, query: dict) -> None:
+        self._answer_price_increase(body, False)
+
+    def op_outbid(self, iid: str, body: dict, query: dict) -> None:
+        self._send(200, {"success": True, "competitor_bid": self.double.outbid(int(iid), body.get("price"))})
+
+    def op_competitor_leaves(self, iid: str, body: dict, query: dict) -> None:
+        self._send(200, {"success": True, "running_again": self.double.competitor_leaves(int(iid))})
+
+    def op_post_price_increase(self, iid: str, body: dict, query: dict) -> None:
+        self._send(200, self.double.post_price_increase(int(iid), float(body["dph"]), float(body.get("due_in_s", 3600))))
+
+    def op_cost(self, iid: str, body: dict, query: dict) -> None:
+        self._send(200, self.double.cost(int(iid)))
+
+    def op_copies(self, body: dict, query: dict) -> None:
+        self._send(200, {"copies": self.double.copy_jobs()})
+
+    def op_clock(self, body: dict, query: dict) -> None:
+        self._send(200, {"now": self.double.advance_clock(float(body.get("advance_s", 0)))})
 
     def op_preempt(self, iid: str, body: dict, query: dict) -> None:
         self.double.preempt(int(iid))
