@@ -98,12 +98,13 @@ def test_the_ledger_bills_the_bid_running_storage_paused_and_counts_the_saving()
 
 def test_an_outbid_reads_from_the_api_fields_and_the_next_bid_stays_under_the_cap():
     from volt_ansible import recovery
+    from volt_ansible.backends import is_paused
 
     outbid = {"actual_status": "stopped", "cur_state": "stopped", "intended_status": "stopped", "next_state": "stopped", "is_bid": True}
-    assert recovery.paused(outbid) and recovery.lost_reason(outbid, None, 7200, 0) == ""  # paused, not lost: its disk is there
-    assert not recovery.paused({"actual_status": "running", "cur_state": "running"})
-    assert not recovery.paused({"actual_status": "exited", "cur_state": "stopped"})  # exited never runs again: lost
-    assert not recovery.paused(None)
+    assert is_paused(outbid) and recovery.lost_reason(outbid, None, 7200, 0) == ""  # paused, not lost: its disk is there
+    assert not is_paused({"actual_status": "running", "cur_state": "running"})
+    assert not is_paused({"actual_status": "exited", "cur_state": "stopped"})  # exited never runs again: lost
+    assert not is_paused(None)
     # the machine's winning bid + margin, at least a margin over the current bid, rounded up, never above the cap
     assert recovery.next_bid(0.0932, 0.0942, 0.15, 0.2) == 0.1084  # 0.0942 x 1.15 = 0.10833
     assert recovery.next_bid(0.0932, None, 0.15, 0.2) == 0.1072  # no winning bid shown: 0.0932 x 1.15 = 0.10718

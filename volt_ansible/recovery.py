@@ -26,12 +26,6 @@ def lost_reason(live: dict | None, unreachable_since: float | None, ssh_replace_
     return ""
 
 
-def paused(live: dict | None) -> bool:
-    """Stopped in the API without this campaign stopping it (it never does: it destroys): an interruptible instance
-    outbid, or an on-demand one its host stopped. Its disk stays on the machine and it can run again."""
-    return live is not None and live.get("actual_status") not in DEAD_STATUSES and live.get("cur_state") == "stopped"
-
-
 def next_bid(current: float, winning: float | None, margin: float, cap: float) -> float | None:
     """The bid that should win the machine back: the lowest winning bid the API shows plus the margin, at least a margin
     above the current bid, at most the cap; None when the current bid is at the cap already."""

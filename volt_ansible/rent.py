@@ -15,7 +15,7 @@ from pathlib import Path
 from volt_ansible import crashpoints, notices, reconcile, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
-from volt_ansible.backends import DEAD_STATUSES, Backend
+from volt_ansible.backends import DEAD_STATUSES, Backend, is_paused
 from volt_ansible.errors import VoltError
 from volt_ansible.state import Creating, Instance, State
 
@@ -166,6 +166,10 @@ def _wait_running(backend: Backend, state: State, timeout: float, interval: floa
             raise _abandon(backend, state, f"instance {iid} vanished from the API while starting")
         if last == "running" and row.get("ssh_port"):
             return row
+        if is_paused(row):  # a bid that lost at creation: it would wait stopped, billing its disk, until someone outbids less
+            msg = row.get("status_msg") or "stopped"
+            raise _abandon(backend, state, f"instance {iid} was created stopped ({msg}): the bid does not win this machine; raise "
+                                           "volt_instance.bid_dph (or use auto), or rent another offer with --offer")
         if last in DEAD_STATUSES:
             msg = row.get("status_msg") or "no message"
             raise _abandon(backend, state,

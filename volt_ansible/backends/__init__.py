@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from volt_ansible.backends.base import DEAD_STATUSES, Backend
+from volt_ansible.backends.base import DEAD_STATUSES, Backend, is_paused
 from volt_ansible.backends.local import LocalBackend
 from volt_ansible.backends.vast import VastBackend
 from volt_ansible.errors import VoltError
 
 KINDS: dict[str, type[Backend]] = {"vast": VastBackend, "local": LocalBackend}
 
-__all__ = ["DEAD_STATUSES", "KINDS", "Backend", "kind", "named", "open_backend"]
+__all__ = ["DEAD_STATUSES", "KINDS", "Backend", "is_paused", "kind", "named", "open_backend"]
 
 
 def named(value: str) -> str:

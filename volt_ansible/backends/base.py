@@ -17,6 +17,12 @@ from volt_ansible.spec import InstanceSpec
 DEAD_STATUSES = {"exited", "offline", "unknown"}  # an instance in these never becomes running again (SDK contract)
 
 
+def is_paused(row: dict | None) -> bool:
+    """Stopped in the API without this campaign stopping it (it never does: it destroys): an interruptible instance
+    outbid (or whose bid lost at its creation), or an on-demand one its host stopped. Its disk stays; it can run again."""
+    return row is not None and row.get("actual_status") not in DEAD_STATUSES and row.get("cur_state") == "stopped"
+
+
 class Backend(ABC):
     name: str  # recorded with each instance in state.json: which backend to reopen it with
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from volt_ansible import jobs, recovery, rent, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
-from volt_ansible.backends import Backend
+from volt_ansible.backends import Backend, is_paused
 from volt_ansible.campaign.context import Progress, quiet, run_ok
 from volt_ansible.state import State
 
@@ -33,7 +33,7 @@ def on_round(state: State, backend: Backend, live: dict | None, spec: spec_mod.S
     inst = state.instance
     assert inst is not None
     now = time.time()
-    if recovery.paused(live):
+    if is_paused(live):
         return _paused(state, backend, live or {}, spec, now)
     if inst.paused_since is not None and live is not None and live.get("actual_status") == "running":
         return _runs_again(state, spec, now, progress)
