@@ -166,7 +166,7 @@ def up(
     present.run_result("up", result)
     present.lines(campaign.job_lines())
     if then_watch:
-        watch(interval=None, auto_recover=None, auto_finish=None, once=False)
+        watch(interval=None, auto_recover=None, auto_finish=None, once=False, install=False, uninstall=False)
 
 
 def _extravars(pairs: list[str]) -> dict:

@@ -58,6 +58,14 @@ class Backend(ABC):
         """Set an interruptible instance's bid ($/h): above the competitor's, an outbid instance runs again."""
 
     @abstractmethod
+    def copy_direct(self, src_id: int, dst_id: int, src_path: str, dst_path: str) -> None:
+        """Start copying a path from one instance to another, host to host (asynchronous; the source may be stopped)."""
+
+    @abstractmethod
+    def execute(self, instance_id: int, command: str) -> str:
+        """The output of a limited command (ls, du) run on the instance, even a stopped one."""
+
+    @abstractmethod
     def pending_price_increases(self) -> list[dict]:
         """The account's pending host price increases (rows: contract_id, new_/old_gpu_costpersec, ..., ask_end_date)."""
 

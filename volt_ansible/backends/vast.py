@@ -199,6 +199,26 @@ class VastApi(Backend):
         if isinstance(res, dict) and res.get("success") is False:
             raise VoltError(f"change the bid of instance {instance_id}: Vast refused ({res.get('msg') or res.get('error')})")
 
+    def copy_direct(self, src_id: int, dst_id: int, src_path: str, dst_path: str) -> None:
+        """Start a host-to-host copy (Vast's copy_direct: works while the source is stopped, never on this machine's link)."""
+        from vastai.api import storage
+
+        what = f"copy C.{src_id}:{src_path} to C.{dst_id}:{dst_path}"
+        res = self._call(what, storage.copy, self.sdk.client, f"C.{src_id}", f"C.{dst_id}", src_path, dst_path)
+        if isinstance(res, dict) and res.get("success") is False:
+            raise VoltError(f"{what}: Vast refused ({res.get('msg') or res.get('error')})")
+
+    def execute(self, instance_id: int, command: str) -> str:
+        """Vast's limited command (ls, du) on an instance, stopped or not: its output."""
+        what = f"execute {command!r} on instance {instance_id}"
+        try:
+            res = self._call(what, self.sdk.execute, instance_id, command)
+        except TimeoutError:
+            raise VoltError(f"{what}: no result from the Vast API in time") from None
+        if isinstance(res, dict):
+            raise VoltError(f"{what}: Vast refused ({res.get('msg') or res.get('error') or res})")
+        return str(res)
+
     def pending_price_increases(self) -> list[dict]:
         res = self._call("list pending price increases", self.sdk.show_pending_price_increases)
         rows = res.get("pending_price_increases") if isinstance(res, dict) else None

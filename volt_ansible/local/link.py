@@ -220,7 +220,8 @@ class _Conn:
             w.close()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, conn: _Conn) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float, conn: _Conn,
+                counted: list[int] | None = None) -> None:
     """Copy one direction, each chunk written `delay_s` after it arrived (order kept). The relay holds about the
     link's bandwidth x delay, not more: it reads on only while its writes flow (`flowing`) and at most RELAY_BUFFER
     is held, so a slower link behind it (tbf) backs up into the sender, as at a real bottleneck, instead of into the
@@ -273,6 +274,8 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             data = await reader.read(READ_CHUNK)
             if not data or conn.dead:
                 break
+            if counted is not None:
+                counted[0] += len(data)
             queue.put_nowait((loop.time() + delay_s, data))
     except (ConnectionError, OSError):
         conn.hang_up()
@@ -281,7 +284,23 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         await sender
 
 
-async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float, gate: Gate) -> None:
+async def _count(path: Path, counts: dict[str, list[int]]) -> None:
+    """Every 0.2 s, the bytes relayed so far each way into `path` (a test's measure of what crossed the operator's
+    link to the instance: apt's packages from the world's mirror do not pass here, SSH does)."""
+    last = None
+    while True:
+        now = {k: v[0] for k, v in counts.items()}
+        if now != last:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{now['to_instance']} {now['from_instance']}\n")
+            os.replace(tmp, path)
+            last = now
+        await asyncio.sleep(0.2)
+
+
+async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float, gate: Gate, counts_path: Path | None = None) -> None:
+    counts = {"to_instance": [0], "from_instance": [0]}
+
     async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         conn = _Conn(gate, c_writer)
         gate.conns.add(conn)
@@ -295,7 +314,8 @@ async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float,
                 c_writer.close()  # like a host that is gone: the client sees the connection closed
                 return
             conn.writers.append(s_writer)
-            await asyncio.gather(_pump(c_reader, s_writer, delay_s, conn), _pump(s_reader, c_writer, delay_s, conn))
+            await asyncio.gather(_pump(c_reader, s_writer, delay_s, conn, counts["to_instance"]),
+                                 _pump(s_reader, c_writer, delay_s, conn, counts["from_instance"]))
             if not conn.dead:
                 conn.hang_up()
         finally:
@@ -305,8 +325,11 @@ async def _serve(listen: socket.socket, target: tuple[str, int], delay_s: float,
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, gate.cut)
     loop.add_signal_handler(signal.SIGUSR2, gate.restore)
+    counter = asyncio.create_task(_count(counts_path, counts)) if counts_path else None
     async with server:
         await server.serve_forever()
+    if counter:
+        counter.cancel()
 
 
 def relay_main(argv: list[str]) -> int:
@@ -315,8 +338,17 @@ def relay_main(argv: list[str]) -> int:
     port_file, ip, port, rtt_ms, *listen_port = argv
     listen = socket.create_server(("127.0.0.1", int(listen_port[0]) if listen_port else 0))
     Path(port_file).write_text(f"{listen.getsockname()[1]}\n")
-    asyncio.run(_serve(listen, (ip, int(port)), float(rtt_ms) / 2000.0, Gate()))
+    asyncio.run(_serve(listen, (ip, int(port)), float(rtt_ms) / 2000.0, Gate(), Path(port_file).with_suffix(".bytes")))
     return 0
+
+
+def relay_bytes(run_dir: Path, name: str) -> tuple[int, int]:
+    """(bytes relayed to the instance, bytes from it) by the current relay of container `name` (0, 0 before any)."""
+    try:
+        to_instance, from_instance = (run_dir / f"relay-{name}.bytes").read_text().split()
+        return int(to_instance), int(from_instance)
+    except (OSError, ValueError):
+        return 0, 0
 
 
 def start_relay(run_dir: Path, name: str, ip: str, rtt_ms: float, port: int = 22, listen_port: int = 0) -> tuple[int, int]:
