@@ -43,7 +43,8 @@ def run(state: State, backend: Backend, say: Callable[[str], None]) -> Seen:
         if match and state.instance is None:
             row = match[0]
             state.instance = Instance(id=row["id"], offer_id=c.offer_id, backend=c.backend, gpu_name=c.gpu_name, dph_total=c.dph_total,
-                                      created_at=c.at, host_vars=c.host_vars, bid_dph=c.bid_dph)
+                                      created_at=c.at, host_vars=c.host_vars, bid_dph=c.bid_dph,
+                                      machine_id=c.machine_id)
             state.ledger.append(c.entry(row["id"]))
             owned.add(row["id"])
             seen.adopted = row["id"]

@@ -101,17 +101,17 @@ def on_demand_price(backend: Backend, spec: spec_mod.Spec, offer_id: int) -> flo
     return float(match["dph_total"]) if match else None
 
 
-def choose_priced(backend: Backend, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
+def choose_priced(backend: Backend, spec: spec_mod.Spec, offer_id: int | None, avoid_machine: int | None = None) -> Plan:
     """choose(), and for an interruptible plan the offer's on-demand price beside the bid (one more search)."""
-    chosen = choose(backend, spec, offer_id)
+    chosen = choose(backend, spec, offer_id, avoid_machine)
     if chosen.bid is not None:
         chosen.on_demand_dph = on_demand_price(backend, spec, chosen.offer["id"])
         chosen.pricing = chosen.pricing_line(spec)
     return chosen
 
 
-def choose(backend: Backend, spec: spec_mod.Spec, offer_id: int | None) -> Plan:
-    found = backend.search(spec.instance)
+def choose(backend: Backend, spec: spec_mod.Spec, offer_id: int | None, avoid_machine: int | None = None) -> Plan:
+    found = [o for o in backend.search(spec.instance) if avoid_machine is None or o.get("machine_id") != avoid_machine]
     if offer_id is not None:
         match = next((o for o in found if o["id"] == offer_id), None)
         if match is None:
@@ -252,12 +252,14 @@ def resume(backend: Backend, spec: spec_mod.Spec, state: State, progress: Progre
     return _bring_up(backend, spec, state, public_key, progress)
 
 
-def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_id: int | None = None, progress: Progress = quiet) -> Instance:
-    """Rent the chosen offer as state.instance (recorded the moment it exists), wait for running + SSH."""
+def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_id: int | None = None, progress: Progress = quiet,
+         avoid_machine: int | None = None) -> Instance:
+    """Rent the chosen offer as state.instance (recorded the moment it exists), wait for running + SSH. avoid_machine: a
+    machine not to rent on (where a lost instance ran: outbid there, or its host failed)."""
     volt_dir, name = state_mod.volt_dir(), backend.name
     host_vars = backend.instance_vars(root, progress)
     public_key = ssh.ensure_key(volt_dir, f"volt-ansible:{spec.campaign}")
-    chosen = choose_priced(backend, spec, offer_id)
+    chosen = choose_priced(backend, spec, offer_id, avoid_machine)
     bidding = f", bid ${chosen.bid:.4f}/h" if chosen.bid is not None else ""
     progress(f"renting offer {chosen.offer['id']} ({chosen.offer['gpu_name']}, ${chosen.dph:.3f}/h{bidding})")
     with _uninterrupted():
@@ -266,7 +268,7 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         state.campaign = spec.campaign
         intent = Creating(offer_id=chosen.offer["id"], backend=name, label=state.new_label(), gpu_name=chosen.offer["gpu_name"],
                           dph_total=chosen.dph, host_vars=host_vars, bid_dph=chosen.bid, on_demand_dph=chosen.on_demand_dph,
-                          storage_dph=storage_dph(chosen.offer, spec.instance.disk_gb))
+                          storage_dph=storage_dph(chosen.offer, spec.instance.disk_gb), machine_id=chosen.offer.get("machine_id"))
         state.creating = intent
         state_mod.save(state)
         try:
@@ -278,7 +280,8 @@ def rent(backend: Backend, spec: spec_mod.Spec, state: State, root: Path, offer_
         else:
             crashpoints.here("create.record")
             state.instance = Instance(id=iid, offer_id=intent.offer_id, backend=name, gpu_name=intent.gpu_name,
-                                      dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at, bid_dph=chosen.bid)
+                                      dph_total=intent.dph_total, host_vars=host_vars, created_at=intent.at, bid_dph=chosen.bid,
+                                      machine_id=intent.machine_id)
             state.ledger.append(intent.entry(iid))
             state.creating = None
             state_mod.save(state)

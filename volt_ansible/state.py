@@ -35,6 +35,7 @@ class Instance(BaseModel):
     ready: bool = False  # running, price checked, SSH works with the campaign key
     unreachable_since: float | None = None  # first failed SSH check since the last good one
     bid_dph: float | None = None  # interruptible: its bid now (None: on-demand)
+    machine_id: int | None = None  # the host machine of its offer (a replacement avoids the machine it lost)
     paused_since: float | None = None  # stopped in the API (outbid, or its host stopped it), its disk kept: when first seen
     # Ansible variables this instance needs beyond group_vars (the local world sets its own repo/toolchain).
     host_vars: dict[str, Any] = {}
@@ -101,6 +102,7 @@ class Recovery(BaseModel):
     rescue_from: int | None = None  # the lost instance is paused with its disk: the replacement is filled from it, host to host
     rescued: bool = False  # that copy is done (a resumed recovery does not copy again)
     rescued_bytes: int = 0
+    avoid_machine: int | None = None  # where the lost one ran (outbid there, preempted, gone): not rented again
 
 
 class Creating(BaseModel):
@@ -115,6 +117,7 @@ class Creating(BaseModel):
     dph_total: float = 0.0
     host_vars: dict[str, Any] = {}
     bid_dph: float | None = None  # interruptible: the bid sent
+    machine_id: int | None = None
     on_demand_dph: float | None = None
     storage_dph: float = 0.0
 

@@ -31,10 +31,11 @@ def resume(spec: spec_mod.Spec, state: State, progress: Progress = quiet) -> Ins
         return rent.resume(b, spec, state, progress)
 
 
-def rent_new(backend: str, spec: spec_mod.Spec, state: State, offer_id: int | None = None, progress: Progress = quiet) -> Instance:
+def rent_new(backend: str, spec: spec_mod.Spec, state: State, offer_id: int | None = None, progress: Progress = quiet,
+             avoid_machine: int | None = None) -> Instance:
     root = project_root()
     with open_backend(backend) as b:
-        return rent.rent(b, spec, state, root, offer_id, progress)
+        return rent.rent(b, spec, state, root, offer_id, progress, avoid_machine)
 
 
 def provision(backend: str, offer_id: int | None = None, progress: Progress = quiet) -> Instance:

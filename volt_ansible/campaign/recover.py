@@ -133,7 +133,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
         ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
         state.instance = None
         state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id, pricing=pricing,
-                                  rescue_from=inst.id if rescuable else None)
+                                  rescue_from=inst.id if rescuable else None, avoid_machine=inst.machine_id)
         state_mod.save(state)
     rec = state.recovery
 
@@ -144,7 +144,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
         wanted = spec
         if rec.pricing and rec.pricing != spec.instance.pricing:
             wanted = spec.model_copy(update={"instance": spec.instance.model_copy(update={"pricing": rec.pricing})})
-        return rent_new(rec.backend, wanted, state, progress=progress)
+        return rent_new(rec.backend, wanted, state, progress=progress, avoid_machine=rec.avoid_machine)
 
     if state.instance is None:
         progress(f"renting a replacement for instance {rec.lost_id}")
