@@ -91,12 +91,16 @@ def test_drill_a_outbid_raises_the_bid_and_training_continues_on_the_same_instan
     project.cli("local", "outbid", "--price", "0.5")
     assert "was stopped by Vast (outbid" in project.cli("watch", "--once", "--no-finish").stdout
     project.double().destroy(iid)
+    gone_at = time.time()
     gone = project.cli("watch", "--once", "--no-finish", timeout=900).stdout
     assert project.state()["instance"] is not None, gone
     new_id = project.state()["instance"]["id"]
     assert f"recovered: instance {new_id} replaces {iid} (gone from the Vast API)" in gone, gone
     log = on_instance(project, f"cat {DEST}/logs/phase21_stage1.log")
     assert f"Resumed from checkpoints/scaled_vfn_stage1_epoch_{home_newest}.safetensors" in log, log
+    starts = re.findall(r"^volt-job: (\S+) start stage1 attempt", log, re.M)
+    print(f"drill C: the paused instance gone -> stage 1 training on a replacement fed from home: "
+          f"{datetime.fromisoformat(starts[-1].replace('Z', '+00:00')).timestamp() - gone_at:.0f} s")
     assert project.state()["retired"] == [] and project.double().containers() == [project.double().instance(new_id) and
                                                                                     _container(project, new_id)]
 

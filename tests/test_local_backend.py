@@ -236,3 +236,18 @@ def test_ssh_silence_alone_rents_nothing_until_ssh_replace_s(project):
         assert len(project.state()["ledger"]) == 1 and len(containers(project)) == 1  # --no-recover: nothing rented
     finally:
         link.restore(relay)
+
+
+def test_watch_answers_a_hosts_price_increase_within_dph_max_and_rejects_one_above(project):
+    project.cli("provision")
+    iid = project.state()["instance"]["id"]
+    double = project.double()
+    double.post_price_increase(iid, 0.19, due_in_s=3600)  # within dph_max 0.20: accepted
+    first = project.cli("watch", "--once", "--no-finish").stdout
+    assert f"price increase on instance {iid}: $0.1800 -> $0.1900/h accepted (within $0.2000/h)" in first, first
+    assert double.instance(iid)["dph_total"] == 0.19 and project.state()["instance"]["dph_total"] == 0.19
+    assert project.state()["ledger"][0]["changes"][-1][1:] == [0.19, "price increase"]
+    double.post_price_increase(iid, 0.30, due_in_s=3600)  # above dph_max: rejected, the price stays
+    second = project.cli("watch", "--once", "--no-finish").stdout
+    assert f"price increase on instance {iid}: $0.1900 -> $0.3000/h rejected (above $0.2000/h)" in second, second
+    assert double.instance(iid)["dph_total"] == 0.19 and len(project.state()["ledger"][0]["changes"]) == 1
