@@ -90,3 +90,12 @@ def test_result_urls_need_no_key_but_the_rest_does(tmp_path):
         assert stale.status_code == 404 and stale.json() == {"success": False, "error": "no_pending_price_increase"}
     finally:
         server.close()
+
+
+def test_a_machine_with_a_competing_bid_lists_the_bid_that_wins_it():
+    from volt_ansible.local import offers
+
+    machine = next(o for o in offers.CATALOGUE if o["id"] == 31003)["machine_id"]
+    listed = {o["id"]: o for o in offers.search({"type": "bid"}, set(), {str(machine): 0.5})}
+    assert listed[31003]["min_bid"] == 0.501 and listed[31003]["dph_total"] == 0.501  # a bid search prices it at the winning bid
+    assert listed[31002]["min_bid"] == 0.081  # the other machines as before

@@ -12,7 +12,8 @@ from volt_ansible import jobs, recovery, rent, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
 from volt_ansible.backends import Backend, is_paused
-from volt_ansible.campaign.context import Progress, quiet, run_ok
+from volt_ansible.campaign.context import Progress, project_root, quiet, run_ok
+from volt_ansible.campaign.status import job_snapshot
 from volt_ansible.state import State
 
 SSH_BACK_S = 120  # after the API says running again: how long sshd may take to answer before the round gives up
@@ -95,10 +96,21 @@ def _runs_again(state: State, spec: spec_mod.Spec, now: float, progress: Progres
         if time.monotonic() > deadline:
             return PauseRound([f"instance {inst.id} runs again but SSH does not answer after {SSH_BACK_S} s: tried again next round"], handled=True)
         time.sleep(2)
-    run_ok("up", {"stage": "all", "phase03": True}, progress, "watch tries again next round")
+    restart_jobs(progress)
     rent.record(state_mod.load(), paused_since=None)
     return PauseRound([f"instance {inst.id} runs again after {paused_s:.0f} s paused (${dph:.4f}/h): its jobs restarted from the "
                        "newest epoch checkpoint on its own disk, nothing sent again"], handled=True)
+
+
+def restart_jobs(progress: Progress = quiet) -> None:
+    """playbooks/up.yml on the campaign's instance: what is installed, built and sent is found there; the jobs that had
+    started and do not run now start again (each from its newest epoch checkpoint on the disk), finished ones are
+    skipped, and none that was never started is started here."""
+    snap = job_snapshot()
+    started = {j.name for j in snap.jobs if j.state != "pending"}
+    lay = jobs.layout(project_root())
+    stages = [j.name for j in lay.stages if j.name in started]
+    run_ok("up", {"stage": "all" if stages else "none", "phase03": lay.jobs[0].name in started}, progress, "watch tries again next round")
 
 
 def _float(v: object) -> float | None:

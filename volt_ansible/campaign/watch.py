@@ -65,6 +65,16 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     except VoltError as e:
         return Round([f"warning: reading the jobs failed: {e}"])
     out += job_lines(snap)
+    killed = [j.name for j in snap.jobs if j.state == "interrupted"]
+    if killed and auto_recover:
+        # their processes are gone while the instance runs (stopped and started again while nobody watched, a reboot):
+        # started again on it, each from its newest epoch checkpoint there
+        try:
+            pause.restart_jobs(progress)
+        except VoltError as e:
+            return Round(out + [f"warning: restarting {', '.join(killed)} failed: {e}"])
+        return Round(out + [f"restarted {', '.join(killed)} on instance {inst.id} (their processes were gone), each from its newest "
+                            "epoch checkpoint there"])
     all_done = all(j.state == "done" for j in snap.jobs)
     home_at = state.home.at if state.home else 0.0
     if all_done or time.time() - home_at >= interval_min * 60:

@@ -396,7 +396,8 @@ class LocalVast:
     def search(self, query: dict) -> list[dict]:
         with self.store() as s:
             rented = {i["offer_id"] for i in s["instances"].values() if not i.get("destroyed")}
-        return offers.search(query, rented)
+            competitors = dict(s.get("competitors") or {})
+        return offers.search(query, rented, competitors)
 
     def create(self, offer_id: int, body: dict) -> dict:
         offer = next((o for o in offers.CATALOGUE if o["id"] == offer_id), None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from volt_ansible.local import bids
+
 
 def _offer(id: int, gpu: str, cores: int, ram_gb: int, disk: float, cuda: float, dph: float, rel: float, **kw: Any) -> dict:
     o = {
@@ -100,12 +102,17 @@ def matches(offer: dict, query: dict) -> bool:
     return True
 
 
-def search(query: dict, rented_offer_ids: set[int]) -> list[dict]:
+def search(query: dict, rented_offer_ids: set[int], competitors: dict | None = None) -> list[dict]:
+    """competitors: {machine_id: a competing bid there}: such a machine's min_bid is what wins it now (its GPUs run the
+    competitor's bid; an on-demand rental still outranks it)."""
     offers = []
     for base in CATALOGUE:
         o = dict(base)
         if o["id"] in rented_offer_ids:
             o.update(rented=True, rentable=False)
+        rival = (competitors or {}).get(str(o["machine_id"]))
+        if rival is not None:
+            o["min_bid"] = bids.winning_price(o, rival)
         if query.get("type") == "bid":
             o["dph_total"] = o["min_bid"]
         if matches(o, query):
