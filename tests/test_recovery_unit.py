@@ -133,6 +133,16 @@ def test_budget():
     assert ledger.over_budget(ledger.Projection(3.0, None, 0.2), 2.5).startswith("spent $3.0000, budget $2.5000")
 
 
+def test_cost_per_finished_epoch():
+    running = job("stage2", 2, "running", 4, 10, 600.0)
+    running.progress.epochs_done = 3  # the epoch in progress is the 4th
+    s = snap(job("phase03", None, "done"), job("stage1", 1, "done", 10, 10, 0.0), running, job("stage3", 3, "queued", None, 10))
+    assert ledger.epochs_done(s) == 13
+    p = ledger.Projection(spent_usd=2.6, remaining_h=None, dph=0.2, epochs_done=13)
+    assert p.line() == "cost so far $2.6000; $0.2000 per finished epoch; projection after the first timed epoch"
+    assert "per finished epoch" not in ledger.Projection(0.1, None, 0.2).line()
+
+
 def test_the_up_plan_says_whether_a_lost_instance_costs_an_epoch_or_a_stage():
     stages = lay().stages
     assert resume_line(stages, {"stage1": True, "stage2": True, "stage3": True}, {}, True) == (

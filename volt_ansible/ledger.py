@@ -14,6 +14,10 @@ class Projection:
     spent_usd: float
     remaining_h: float | None  # None until an epoch of the running stage has been timed
     dph: float
+    epochs_done: int = 0  # the curriculum's finished epochs (every stage's)
+
+    def per_epoch(self) -> str:
+        return f"; ${self.spent_usd / self.epochs_done:.4f} per finished epoch" if self.epochs_done else ""
 
     @property
     def total_usd(self) -> float | None:
@@ -21,8 +25,8 @@ class Projection:
 
     def line(self) -> str:
         if self.remaining_h is None:
-            return f"cost so far ${self.spent_usd:.4f}; projection after the first timed epoch"
-        return (f"cost so far ${self.spent_usd:.4f}; projected total ${self.total_usd:.4f} "
+            return f"cost so far ${self.spent_usd:.4f}{self.per_epoch()}; projection after the first timed epoch"
+        return (f"cost so far ${self.spent_usd:.4f}{self.per_epoch()}; projected total ${self.total_usd:.4f} "
                 f"({self.remaining_h:.2f} h more at ${self.dph:.3f}/h, from the observed epoch time)")
 
 
@@ -39,6 +43,16 @@ def remaining_hours(snap: Snapshot) -> float | None:
     per_epoch = running.eta_s / left if running.eta_s else 0.0
     later = sum(j.epochs or 0 for j in stages if (j.stage or 0) > (running.stage or 0) and j.state != "done")
     return (running.eta_s + later * per_epoch) / 3600.0
+
+
+def epochs_done(snap: Snapshot) -> int:
+    """The curriculum's finished epochs: a finished stage's all, a running or stopped one's last epoch summary."""
+    total = 0
+    for j in snap.jobs:
+        if j.stage is None:
+            continue
+        total += (j.epochs or 0) if j.state == "done" else (j.progress.epochs_done or 0)
+    return total
 
 
 def over_budget(p: Projection, budget_usd: float | None) -> str:

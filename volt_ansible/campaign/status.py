@@ -69,7 +69,7 @@ def job_lines(snap: jobs.Snapshot | None = None) -> list[str]:
 def projection(snap: jobs.Snapshot) -> ledger.Projection:
     state = state_mod.load()
     dph = state.instance.dph_total if state.instance else 0.0
-    return ledger.Projection(state.total_cost(), ledger.remaining_hours(snap), dph)
+    return ledger.Projection(state.total_cost(), ledger.remaining_hours(snap), dph, ledger.epochs_done(snap))
 
 
 def logs_command(job: str | None, follow: bool, lines: int, tty: bool) -> list[str]:
