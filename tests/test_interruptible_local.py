@@ -68,7 +68,7 @@ def resumed_from(log: str) -> int:
 
 @pytest.mark.reuse_build  # needs the binaries, does not test building them (tests/buildshare.py)
 def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused_disk_or_recover_from_home(project):
-    drill_spec(project, epochs=22, epoch_ms=2500, features=["vfn-training", "resume"])
+    drill_spec(project, epochs=26, epoch_ms=2500, features=["vfn-training", "resume"])
     data = yaml.safe_load((REPO / "group_vars/all.yml").read_text())["volt_data"]
     big = project.volt_dir / "local" / "data" / "VoltData" / "phase21" / "stage1_corpus.bin"
     big.parent.mkdir(parents=True)
@@ -128,6 +128,9 @@ def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused
     wait_for(lambda: max(epochs_on_disk(project) or [0]) >= home_newest + 2, 120, lambda: epochs_on_disk(project))
     disk_newest = max(epochs_on_disk(project))
     project.spec(volt_interruptible={"bid_max_dph": project.state()["instance"]["bid_dph"], "run_again_wait_s": 1})  # at the cap
+    # the replacement's stage 1 (launched from the spec as it is then) takes 6-s epochs: still training when drill C comes,
+    # however slow the machine running these steps is
+    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 6000})
     project.cli("local", "outbid", "--price", "0.5")
     outbid_at = time.time()
     paused = project.cli("watch", "--once", "--no-finish").stdout
@@ -157,6 +160,7 @@ def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused
     # -- C: outbid, then the paused instance disappears: nothing to copy from, a replacement fed from home ----------
     wait_for(lambda: max(stage1_epochs_home(project)) > resumed_from(log), 120, lambda: stage1_epochs_home(project), backup)
     home_newest = max(stage1_epochs_home(project))
+    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 1000})  # C's replacement finishes quickly
     project.cli("local", "outbid", "--price", "0.5")
     assert "was stopped by Vast (outbid" in project.cli("watch", "--once", "--no-finish").stdout
     project.double().destroy(iid)
