@@ -47,7 +47,7 @@ def copy_disk(backend: Backend, src_id: int, dst: Instance, path: str, timeout_s
     """Copy `path` (a directory) of instance src_id onto dst at the same path; wait until it is there: the destination's
     status says the copy is done, or its size equals the source's twice in a row. VoltError when it fails or times out."""
     t0 = time.monotonic()
-    want = _du(backend.execute(src_id, f"du -sb {path}"))
+    want = _du(backend.execute(src_id, f"du -sb {shlex.quote(path)}"))  # a spec value: one quoted word
     if want is None:
         raise VoltError(f"the size of {path} on instance {src_id} could not be read (du through the Vast API)")
     progress(f"copying {path} ({want / 1e6:.1f} MB) from instance {src_id} to {dst.id}, host to host")
