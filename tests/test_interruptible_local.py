@@ -161,6 +161,10 @@ def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused
     wait_for(lambda: max(stage1_epochs_home(project)) > resumed_from(log), 120, lambda: stage1_epochs_home(project), backup)
     home_newest = max(stage1_epochs_home(project))
     project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 1000})  # C's replacement finishes quickly
+    # the 400 MB item was there to size drill B's ratio: from here on nothing needs it (the fixture never reads it), and
+    # C's replacement is fed from home without it
+    data["items"] = [i for i in data["items"] if i["name"] != "stage1_corpus"]
+    project.spec(volt_data=data)
     project.cli("local", "outbid", "--price", "0.5")
     assert "was stopped by Vast (outbid" in project.cli("watch", "--once", "--no-finish").stdout
     project.double().destroy(iid)
