@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from volt_ansible import home
 from volt_ansible.backends.base import DEAD_STATUSES
 from volt_ansible.jobs import Layout
+from volt_ansible.rent import bid_up
 
 
 def lost_reason(live: dict | None, unreachable_since: float | None, ssh_replace_s: float, now: float) -> str:
@@ -32,7 +32,7 @@ def next_bid(current: float, winning: float | None, margin: float, cap: float) -
     if current >= cap:
         return None
     want = max(current * (1 + margin), (winning or 0.0) * (1 + margin))
-    return min(cap, math.ceil(round(want * 1e4, 6)) / 1e4)
+    return min(cap, bid_up(want))
 
 
 def silence_warning(instance_id: int, unreachable_since: float, ssh_dead_s: float, ssh_replace_s: float, now: float) -> str:

@@ -53,6 +53,11 @@ class Plan:
                 f"(volt_interruptible.gpu_hours_estimate; storage while paused and repeated epochs not counted)")
 
 
+def bid_up(price: float) -> float:
+    """A bid in $/h rounded up to a 1/100 cent: never under what it was computed from (float noise aside)."""
+    return math.ceil(round(price * 1e4, 6)) / 1e4
+
+
 def _min_bid(offer: dict) -> float | None:
     v = offer.get("min_bid")
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 else None
@@ -68,7 +73,7 @@ def bid_for(spec: spec_mod.Spec, offer: dict) -> float | None:
         if floor is None:
             raise VoltError(f"volt_instance.bid_dph auto: offer {offer.get('id')} shows no min_bid to bid from: "
                             "set bid_dph to a price in $/h, or pick another offer with --offer")
-        bid = math.ceil(round(floor * (1 + spec.interruptible.bid_margin) * 1e4, 6)) / 1e4  # up to a 1/100 cent: never under
+        bid = bid_up(floor * (1 + spec.interruptible.bid_margin))
         if bid > spec.bid_max:
             raise VoltError(f"volt_instance.bid_dph auto: offer {offer.get('id')}'s min_bid ${floor:.4f}/h + "
                             f"{spec.interruptible.bid_margin:.0%} = ${bid:.4f}/h is above the bid cap ${spec.bid_max:.4f}/h: raise "

@@ -65,12 +65,12 @@ def held(volt_dir: Path, playbook: str, say: Callable[[str], None]) -> Iterator[
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = _read(record)
+            other = read_record(record)
             raise VoltError(
                 f"playbook {other.get('playbook', '?')} is already running against this campaign's instance (volt-ansible pid "
                 f"{other.get('controller_pid', '?')}): two playbooks never run at once; wait for it to end, or stop that command"
             ) from None
-        old = _read(record)
+        old = read_record(record)
         if old.get("token"):
             ended = _end(old["token"])
             if ended:
@@ -90,7 +90,8 @@ def held(volt_dir: Path, playbook: str, say: Callable[[str], None]) -> Iterator[
         os.close(fd)
 
 
-def _read(record: Path) -> dict:
+def read_record(record: Path) -> dict:
+    """A small JSON record of ours as a dict ({} when absent, unreadable or not a mapping)."""
     try:
         data = json.loads(record.read_text())
         return data if isinstance(data, dict) else {}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from volt_ansible.errors import VoltError
 from volt_ansible.fileops import atomic_write
+from volt_ansible.runlock import read_record
 
 
 def _paths(volt_dir: Path) -> tuple[Path, Path]:
@@ -37,17 +38,9 @@ class Beat:
         return f"watch: not running ({last}): `volt-ansible watch --install` keeps one running across reboots"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def read(volt_dir: Path) -> Beat:
     lock, beat = _paths(volt_dir)
-    data = _read_json(beat)
+    data = read_record(beat)
     running = False
     if lock.exists():
         with open(lock) as f:
@@ -70,11 +63,11 @@ def hold(volt_dir: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        other = _read_json(beat).get("pid")
+        other = read_record(beat).get("pid")
         raise VoltError(f"a watch is already running for this campaign (pid {other}): one is enough; "
                         "`volt-ansible status` says when its last round was") from None
     try:
-        previous = _read_json(beat)
+        previous = read_record(beat)
         atomic_write(beat, json.dumps({"pid": os.getpid(), "started_at": time.time(),
                                        "last_round_at": previous.get("last_round_at"), "last_lines": previous.get("last_lines") or []}),
                      mode=0o600, durable=False)
@@ -86,6 +79,6 @@ def hold(volt_dir: Path) -> Iterator[None]:
 def beat(volt_dir: Path, lines: list[str]) -> None:
     """A round ended: record when, and its lines (status shows them)."""
     _, path = _paths(volt_dir)
-    data = _read_json(path)
+    data = read_record(path)
     data.update(pid=os.getpid(), last_round_at=time.time(), last_lines=lines[-20:])
     atomic_write(path, json.dumps(data), mode=0o600, durable=False)
