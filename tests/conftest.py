@@ -40,6 +40,8 @@ class Project:
         env["HOME"] = str(self.home)  # no stray ~/.vast_api_key, no shared ~/.ansible
         env.update(buildshare.FIXED_GIT_DATES)  # the same fixture sources give the same commit (tests/buildshare.py)
         env["VOLT_LOCAL_RTT_MS"] = RTT_MS
+        if os.environ.get("VOLT_TEST_TIMING"):  # and per playbook task, in .volt/logs (a callback that only prints)
+            env["ANSIBLE_CALLBACKS_ENABLED"] = "ansible.posix.profile_tasks"
         env.update(extra)
         return env
 

@@ -130,7 +130,7 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
 
     # watch finishes by itself once the last stage is home: destroys (both instances), prints the summary
     fin = project.cli("watch", "--once", "--interval", "60").stdout
-    assert "finished" in fin and f"{old_id}" in fin and f"{new_id}" in fin, fin
+    assert re.search(r"^campaign \S+ finished: ", fin, re.M) and f"{old_id}" in fin and f"{new_id}" in fin, fin
     files = home(project)
     came_home = project.root / "runs" / "volt-x-phase21" / "checkpoints/scaled_vfn_stage1.safetensors"
     assert hashlib.sha256(came_home.read_bytes()).hexdigest() == got  # the bytes the instance has
