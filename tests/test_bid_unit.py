@@ -118,3 +118,45 @@ def test_a_price_increase_row_in_dollars_per_hour():
     assert new_dph({"new_gpu_costpersec": 0.25 / 3600}, 1) == pytest.approx(0.25)
     assert new_dph({"new_gpu_costpersec": 0.1 / 3600, "new_disk_ram_costpersec": 0.02 / 3600}, 2) == pytest.approx(0.22)
     assert new_dph({"new_gpu_costpersec": None}, 1) is None
+
+
+class Bids:
+    """A backend that records the bids it is asked to change."""
+
+    def __init__(self):
+        self.changed = []
+
+    def change_bid(self, instance_id, price):
+        self.changed.append((instance_id, price))
+
+
+@pytest.mark.parametrize(("budget", "raised_to", "cap_from"), [
+    (None, 0.1084, "bid_max_dph"),  # no budget: the machine's winning bid 0.0942 + 15 %, under the cap 0.2
+    (100.0, 0.1084, "bid_max_dph"),  # plenty of budget: the same
+    (15.0, 0.1, "budget"),  # $10 spent, 50 h left: $0.10/h is all the budget allows
+    (14.5, None, "budget"),  # $0.09/h allowed: below the bid already, so it stays (a bid is never lowered here)
+])
+def test_a_paused_bid_is_raised_only_as_far_as_the_budget_allows_over_the_hours_left(tmp_path, monkeypatch, budget, raised_to, cap_from):
+    from volt_ansible.campaign import pause
+    from volt_ansible.recovery import bid_within_budget
+    from volt_ansible.state import Instance, LedgerEntry, State
+
+    monkeypatch.setenv("VOLT_DIR", str(tmp_path))
+    s = spec_with(0.0932, bid_max_dph=0.2)
+    s = s.model_copy(update={"watch": s.watch.model_copy(update={"budget_usd": budget})})
+    state = State(campaign="c", instance=Instance(id=7, offer_id=1, backend="local", dph_total=0.0932, bid_dph=0.0932),
+                  ledger=[LedgerEntry(instance_id=7, backend="local", dph_total=10.0, started_at=0.0, ended_at=3600.0)],  # $10 spent
+                  remaining_h=50.0)  # from the last round that timed an epoch
+    backend = Bids()
+    line = pause._raise_bid(state, backend, {"min_bid": 0.0942}, s, 0.0932)
+    assert backend.changed == ([(7, raised_to)] if raised_to else []), line
+    assert state.instance.bid_dph == (raised_to or 0.0932), line
+    assert ("raised" in line) == bool(raised_to) and ("is at its cap" in line) == (not raised_to), line
+    if cap_from == "budget":
+        assert f"cap ${(budget - 10) / 50:.4f}/h" in line and "50.0 h left" in line and "volt_watch.budget_usd" in line, line
+    else:
+        assert "cap $0.2000/h, volt_interruptible.bid_max_dph" in line, line
+
+    assert bid_within_budget(10.0, 3.0, 11.0) == 0.3333  # rounded down: never a bid the budget cannot pay
+    assert bid_within_budget(10.0, None, 11.0) is None and bid_within_budget(10.0, 3.0, None) is None
+    assert bid_within_budget(12.0, 3.0, 11.0) == 0.0

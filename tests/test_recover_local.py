@@ -55,6 +55,33 @@ def on_instance(project, command: str) -> str:
     return project.cli("ssh", "--", command).stdout
 
 
+def migrate_from_the_stopped_disk(project, old_id: int, home_newest: int) -> int:
+    """Stopped in the API (not by the campaign): after run_again_wait_s a replacement is filled from the stopped disk; a
+    stage that cannot resume restarts from epoch 1, and both the recovery and `status` say how many epochs the disk held
+    (at least home's) are trained again. Returns the replacement's id."""
+    on_disk = epochs_on_disk(project)
+    project.spec(volt_interruptible={"run_again_wait_s": 1})
+    project.double().set_state(old_id, "stopped")
+    assert f"instance {old_id} was stopped by Vast (" in project.cli("watch", "--once", "--no-finish").stdout
+    time.sleep(1.2)  # run_again_wait_s
+    out = project.cli("watch", "--once", "--no-finish", timeout=900).stdout
+    new_id = project.state()["instance"]["id"]
+    assert f"recovered: instance {new_id} replaces {old_id} (paused for " in out, out
+    redo = re.search(r"stage1 restarts from epoch 1 \(train-vfn has no --resume in its --help\): (\d+) finished epoch\(s\)", out)
+    # the stopped disk's count, not home's (one less when the stop came as the newest was written: set aside, unverified)
+    assert redo and int(redo[1]) >= max(on_disk) - 1 and int(redo[1]) >= home_newest, (out, on_disk, home_newest)
+    assert f"restarted from epoch 1 ({redo[1]} epoch(s) trained again)" in project.cli("status").stdout
+    assert any(c["dst_id"] == new_id and c["ok"] for c in project.double().copy_jobs())  # host to host
+    assert project.double().instance(old_id) is None  # destroyed once the replacement runs
+    assert project.double().instance(new_id)["is_bid"] is False  # an on-demand instance's replacement stays on demand
+    return new_id
+
+
+def epochs_on_disk(project) -> list[int]:
+    out = on_instance(project, f"ls {DEST}/checkpoints/ 2>/dev/null || true")
+    return sorted(int(m) for m in re.findall(r"scaled_vfn_stage1_epoch_(\d+)\.safetensors", out))
+
+
 @pytest.mark.reuse_build  # needs the binaries, does not test building them (tests/buildshare.py)
 @pytest.mark.parametrize("resumable", [
     # a Volt-X whose train-vfn has a resume option (the fixture's cargo feature `resume`): the newest epoch home is resumed
@@ -88,6 +115,11 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     refused = one_line_error(project.cli("destroy", "--yes", check=False))
     assert f"not destroying instance {old_id}: on the instance, " in refused and "not home yet" in refused  # training goes on
 
+    if not resumable:  # an on-demand instance its host stops (disk kept): replaced from its own disk, host to host
+        old_id = migrate_from_the_stopped_disk(project, old_id, newest)
+
+    # the replacement's stage 1 (launched from the spec as it is then): quicker epochs, still training when finish is tried
+    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 1500})
     project.cli("local", "preempt")
     preempted = time.time()
     out = project.cli("recover", timeout=900).stdout
@@ -139,7 +171,8 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     state = project.state()
     assert state["instance"] is None and state["retired"] == [] and state["recovery"] is None
     reasons = [e["end_reason"] for e in state["ledger"]]
-    assert reasons[0].startswith("lost: exited in the Vast API") and reasons[1] == "finished", reasons
+    migrated = [] if resumable else ["destroyed: paused, its disk copied to its replacement"]  # the stopped one, then its replacement
+    assert reasons[:-2] == migrated and reasons[-2].startswith("lost: exited in the Vast API") and reasons[-1] == "finished", reasons
     assert project.double().containers() == []
 
 

@@ -323,11 +323,23 @@ def test_killing_tmux_mid_stage_resumes_from_the_newest_epoch(fresh):
     use_build(host, "resume")
     proc = train(host, stage=1, phase03=False, training_tmux_env=SLOW)
     assert proc.returncode == 0, failure(proc)
-    wait_epochs(host, 2)
+    wait_epochs(host, 3)
     kill_tmux(host)
-    newest = max(epoch_files(host))
     st = job_status(host, "stage1")
     assert st["state"] == "failed" and st["reason"].startswith("hangup"), st
+    # each epoch reported saved has its digest beside it (the newest may not yet: the kill can come first)
+    epochs = epoch_files(host)
+    ck = f"{DEST}/checkpoints/scaled_vfn_stage1_epoch_"
+    check = host.exec(f"cd {DEST}/checkpoints && for n in {' '.join(map(str, epochs))}; do "
+                      "f=scaled_vfn_stage1_epoch_$n.safetensors; [ -f $f.sha256 ] && sha256sum --status -c $f.sha256 && echo $n; done",
+                      check=False).stdout.split()
+    verified = [int(n) for n in check]
+    assert verified == epochs or verified == epochs[:-1], (verified, epochs)
+    # what a kill mid-write leaves (a torn newer file, no digest) and a damaged copy (a digest that fails) are set aside
+    torn, damaged = epochs[-1] + 1, verified[-1]
+    host.exec(f"head -c 100 {ck}{epochs[-1]}.safetensors > {ck}{torn}.safetensors && "
+              f"printf X | dd of={ck}{damaged}.safetensors bs=1 seek=40 conv=notrunc status=none")
+    newest = verified[-2]
 
     again = train(host, stage=1, phase03=False, training_tmux_env=SLOW)
     assert again.returncode == 0, failure(again)
@@ -337,6 +349,10 @@ def test_killing_tmux_mid_stage_resumes_from_the_newest_epoch(fresh):
     ckpt = f"checkpoints/scaled_vfn_stage1_epoch_{newest}.safetensors"
     assert f"Resumed from {ckpt} (epoch {newest}, total steps " in log
     assert re.search(rf"^volt-job: \S+ exec {re.escape(STAGE1)} --resume {re.escape(ckpt)}$", log, re.M)
+    assert re.search(rf"epoch {torn} \(checkpoints/scaled_vfn_stage1_epoch_{torn}.safetensors\) has no digest .*set aside", log)
+    assert re.search(rf"epoch {damaged} \(checkpoints/scaled_vfn_stage1_epoch_{damaged}.safetensors\) does not match its digest", log)
+    assert {f"scaled_vfn_stage1_epoch_{torn}.safetensors", f"scaled_vfn_stage1_epoch_{damaged}.safetensors"} <= set(
+        host.listdir(f"{DEST}/checkpoints/.unverified"))
 
     # The resumed run ends byte-identical to an uninterrupted one (the fixture is deterministic).
     host.exec(f"cd {DEST} && mkdir -p /tmp/ref && {STAGE1.replace('checkpoints/scaled_vfn_stage1', '/tmp/ref/out')} >/dev/null")

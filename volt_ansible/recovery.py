@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,14 @@ def next_bid(current: float, winning: float | None, margin: float, cap: float) -
         return None
     want = max(current * (1 + margin), (winning or 0.0) * (1 + margin))
     return min(cap, bid_up(want))
+
+
+def bid_within_budget(spent_usd: float, remaining_h: float | None, budget_usd: float | None) -> float | None:
+    """The highest $/h the rest of the curriculum can run at and end within the budget (rounded down to 1/100 cent); None
+    when there is no budget, or no timed epoch yet to say how many hours are left."""
+    if budget_usd is None or not remaining_h:
+        return None
+    return max(0.0, math.floor(round((budget_usd - spent_usd) / remaining_h * 1e4, 6)) / 1e4)
 
 
 def silence_warning(instance_id: int, unreachable_since: float, ssh_dead_s: float, ssh_replace_s: float, now: float) -> str:

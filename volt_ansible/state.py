@@ -145,6 +145,9 @@ class State(BaseModel):
     # whose binary cannot resume restarts from epoch 1 after a preemption; recovery sends it no epoch checkpoint.
     resume: dict[str, bool] = {}
     epoch_s: dict[str, float] = {}  # {job: mean epoch time seen}: what a restart of that stage costs per epoch
+    # Hours the curriculum still needed at the last watch round that could time an epoch: while the instance is paused (no
+    # jobs to read) a raised bid must still fit the budget over them.
+    remaining_h: float | None = None
 
     def open_entry(self, instance_id: int) -> LedgerEntry | None:
         for e in self.ledger:

@@ -56,14 +56,7 @@ def _paused(state: State, backend: Backend, live: dict, spec: spec_mod.Spec, now
     since = state.instance.paused_since
     bid = state.instance.bid_dph
     if bid is not None and live.get("is_bid", True):
-        new = recovery.next_bid(bid, _float(live.get("min_bid")), spec.interruptible.bid_margin, spec.bid_max)
-        if new is not None:
-            backend.change_bid(inst.id, new)
-            rent.record(state, bid_dph=new)
-            out.lines.append(f"bid raised ${bid:.4f} -> ${new:.4f}/h (the machine's winning bid ${_float(live.get('min_bid')) or 0:.4f}/h; "
-                             f"cap ${spec.bid_max:.4f}/h)")
-        else:
-            out.lines.append(f"the bid is at its cap ${spec.bid_max:.4f}/h (volt_interruptible.bid_max_dph): waiting for the competitor to leave")
+        out.lines.append(_raise_bid(state, backend, live, spec, bid))
     waited = now - since
     wait = spec.interruptible.run_again_wait_s
     if waited < wait:
@@ -76,6 +69,24 @@ def _paused(state: State, backend: Backend, live: dict, spec: spec_mod.Spec, now
         return out
     out.migrate = f"paused for {waited:.0f} s ({why}; volt_interruptible.run_again_wait_s = {wait:g})"
     return out
+
+
+def _raise_bid(state: State, backend: Backend, live: dict, spec: spec_mod.Spec, bid: float) -> str:
+    """Up to volt_interruptible.bid_max_dph, and no higher than the rest of the curriculum can run at within the budget."""
+    inst = state.instance
+    assert inst is not None
+    cap, why = spec.bid_max, "volt_interruptible.bid_max_dph"
+    affordable = recovery.bid_within_budget(state.total_cost(), state.remaining_h, spec.watch.budget_usd)
+    if affordable is not None and affordable < cap:
+        cap, why = affordable, (f"what the budget ${spec.watch.budget_usd:.2f} allows over the {state.remaining_h:.1f} h left; "
+                                f"spent ${state.total_cost():.4f} (volt_watch.budget_usd)")
+    winning = _float(live.get("min_bid"))
+    new = recovery.next_bid(bid, winning, spec.interruptible.bid_margin, cap)
+    if new is None:
+        return f"the bid ${bid:.4f}/h is at its cap ${cap:.4f}/h ({why}): waiting for the competitor to leave"
+    backend.change_bid(inst.id, new)
+    rent.record(state, bid_dph=new)
+    return f"bid raised ${bid:.4f} -> ${new:.4f}/h (the machine's winning bid ${winning or 0:.4f}/h; cap ${cap:.4f}/h, {why})"
 
 
 def _runs_again(state: State, spec: spec_mod.Spec, now: float, progress: Progress) -> PauseRound:

@@ -3,6 +3,7 @@ checkpoint, and training resumed."""
 
 from __future__ import annotations
 
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from volt_ansible.backends import Backend, is_paused
 from volt_ansible.campaign import rescue
 from volt_ansible.campaign.context import Progress, backup_dir, open_backend, project_root, quiet, reconciled, run_ok
 from volt_ansible.campaign.provision import rent_new, resume
+from volt_ansible.campaign.status import job_snapshot
 from volt_ansible.errors import VoltError
 from volt_ansible.state import Instance, Recovery, State
 
@@ -83,6 +85,25 @@ def _destroy_rescued(state: State, rec: Recovery, progress: Progress) -> None:
         return
     rent.close_ledger(state, rec.rescue_from, "destroyed: paused, its disk copied to its replacement")
     state.retired = [r for r in state.retired if r.id != rec.rescue_from]
+
+
+def _from_copied_disk(plan: recovery.Restore, lay: jobs.Layout, state: State) -> None:
+    """After a rescue the first unfinished stage started from the epochs copied from the paused disk (the newest one that
+    matches its digest), not from home's: the plan says what the job itself reports (resumed, or restarted from epoch 1
+    with that many epochs to train again)."""
+    stages = plan.stages(lay)
+    try:
+        j = next(j for j in job_snapshot().jobs if stages and j.name == stages[0])
+    except (VoltError, StopIteration):
+        return
+    if j.status.get("resumed_epoch"):
+        plan.owner, plan.resume_epoch = j.name, int(j.status["resumed_epoch"])
+    elif j.status.get("restarted_after"):
+        job = lay.job(j.name)
+        plan.owner, plan.resume_epoch = "", None
+        plan.restart = recovery.restart_cost(j.name, posixpath.basename(job.bin), job.resume_flag or "resume option",
+                                             int(j.status["restarted_after"]), state.epoch_s.get(j.name),
+                                             state.instance.dph_total if state.instance else None)
 
 
 @dataclass
@@ -175,6 +196,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
     run_ok("recover", extravars, progress, again)
     state = state_mod.load()
     if rec.rescued and rec.rescue_from is not None:
+        _from_copied_disk(plan, lay, state)
         _destroy_rescued(state, rec, progress)
     state.recovery = None
     state_mod.save(state)

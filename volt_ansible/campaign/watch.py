@@ -49,8 +49,9 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
     if paused.migrate:  # paused past volt_interruptible.run_again_wait_s: a replacement (the fallback's pricing)
         if not auto_recover:
             return Round([*paused.lines, f"instance {inst.id} {paused.migrate}: run `volt-ansible recover --force`"], done="auto recovery is off")
-        fallback = spec.interruptible.fallback
-        return _recover_round(progress, paused.lines, reason=paused.migrate, pricing=fallback if fallback != "stop" else None)
+        fallback = spec.interruptible.fallback  # a bid's replacement; an on-demand instance's stays on demand
+        pricing = fallback if inst.bid_dph is not None and fallback != "stop" else None
+        return _recover_round(progress, paused.lines, reason=paused.migrate, pricing=pricing)
     if paused.handled:
         return Round(paused.lines)
     if reason:
@@ -85,6 +86,10 @@ def watch_round(auto_recover: bool, auto_finish: bool, interval_min: float, prog
             out.append(f"warning: {e}")
     proj = projection(snap)
     out.append(proj.line())
+    if proj.remaining_h is not None:
+        st = state_mod.load()
+        st.remaining_h = proj.remaining_h
+        state_mod.save(st)
     try:
         with open_backend(inst.backend) as backend:
             out += price_increase.answer(state_mod.load(), backend, spec, proj.spent_usd, proj.remaining_h)

@@ -11,6 +11,7 @@ Docs, clippy, rustfmt, gdb scripts and rustup's manifests are left out.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import pwd
@@ -82,6 +83,15 @@ def ensure_archive(toolchain: Path | None = None, cache_dir: Path | None = None,
     if not shutil.which("zstd"):
         raise VoltError("zstd is not installed: apt-get install zstd (needed to pack the Rust toolchain archive)")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(dest.name + ".lock"), "w") as lock:  # one packer; the others wait for its archive
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.is_file():
+            return dest
+        _pack(root, triple, dest, level)
+    return dest
+
+
+def _pack(root: Path, triple: str, dest: Path, level: int) -> None:
     # atomic: a concurrent reader sees no half-written archive
     with atomic_path(dest, mode=0o644, durable=False) as tmp:
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "--sort=name", "--owner=0", "--group=0", "--numeric-owner",
@@ -91,7 +101,6 @@ def ensure_archive(toolchain: Path | None = None, cache_dir: Path | None = None,
         tar_err = tar.stderr.read().decode(errors="replace").strip()
         if tar.wait() != 0 or zstd.returncode != 0:
             raise VoltError(f"packing {root} failed: {tar_err or zstd.stderr.decode(errors='replace').strip()}")
-    return dest
 
 
 def archive_sha256(archive: Path) -> str:
