@@ -83,9 +83,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         unit_of[item.nodeid] = unit
         weight[unit] = weight.get(unit, 0.0) + known.get(item.nodeid, TYPICAL_S[kinds[item.nodeid]])
     first_seen = {u: i for i, u in reversed(list(enumerate(unit_of[it.nodeid] for it in items)))}
-    # The unit tests first (scripts/test.sh starts them while the images and the toolchain are still being made), then the
-    # longest work unit first; a group's tests stay together and in their file's order.
-    items.sort(key=lambda it: (kinds[it.nodeid] != "unit", -weight[unit_of[it.nodeid]], first_seen[unit_of[it.nodeid]]))
+    # Longest work unit first; a group's tests stay together and in their file's order.
+    items.sort(key=lambda it: (-weight[unit_of[it.nodeid]], first_seen[unit_of[it.nodeid]]))
 
 
 _seen: dict[str, float] = {}  # nodeid -> seconds, setup + call + teardown (what VOLT_DURATIONS_OUT writes)

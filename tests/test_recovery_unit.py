@@ -154,3 +154,14 @@ def test_the_up_plan_says_whether_a_lost_instance_costs_an_epoch_or_a_stage():
         "resume: train-vfn has no --resume (its --help): without it a lost instance restarts its stage from epoch 1, up to 10 epochs "
         "(~5.0 GPU-hours) trained again; pricing interruptible: expect that repeated work after every preemption")
     assert resume_line([j for j in lay().jobs if j.stage is None], {}, {}, True) == ""  # Phase 0.3 only: no epochs to lose
+
+
+def test_a_lost_instance_whose_disk_is_still_there_fills_its_replacement_host_to_host():
+    from volt_ansible.recovery import rescue_source
+
+    outbid = {"actual_status": "stopped", "cur_state": "stopped", "intended_status": "stopped", "is_bid": True}
+    assert rescue_source(outbid) == "paused"  # storage billed until the replacement runs
+    assert rescue_source({"actual_status": "running", "cur_state": "running"}) == "running"  # SSH silent: its GPU bills on
+    assert rescue_source({"actual_status": "exited", "cur_state": "stopped"}) == ""  # preempted: home provides
+    assert rescue_source({"actual_status": "offline", "cur_state": "running"}) == ""
+    assert rescue_source(None) == ""  # gone

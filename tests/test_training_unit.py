@@ -127,8 +127,9 @@ def decide(pr, stage="all", phase03=True, force=False, gpu=GPU):
 
 def test_decide_starts_what_is_due_and_nothing_twice():
     d = decide(probe(), stage=1)
-    assert [u["window"] for u in d["start"]] == ["phase03", "stage1"] and d["problems"] == []
-    assert d["start"][1] == {"window": "stage1", "script": "/root/volt-x/.volt-train/stage1.sh", "args": [],
+    # the GPU's job launched first (each launch waits its grace period), Phase 0.3 (CPU) right after
+    assert [u["window"] for u in d["start"]] == ["stage1", "phase03"] and d["problems"] == []
+    assert d["start"][0] == {"window": "stage1", "script": "/root/volt-x/.volt-train/stage1.sh", "args": [],
                              "status": "logs/stage1.status", "jobs": ["stage1"], "log": "logs/phase21_stage1.log"}
 
     running = {"status": {"state": "running", "pid": "42", "started": "T"}, "alive": True}
@@ -145,8 +146,8 @@ def test_decide_starts_what_is_due_and_nothing_twice():
                            "jobs": ["stage2", "stage3"], "log": "logs/phase21_stage2.log"}]
     assert d["report"][0].startswith("phase03: done (checkpoints/codebook_code.bin exists): not repeated")
     d = decide(probe(phase03=done, stage1=done), stage="all", force=True)
-    assert [u["window"] for u in d["start"]] == ["phase03", "phase21"] and d["start"][1]["args"] == ["--force"]
-    assert d["start"][1]["jobs"] == ["stage1", "stage2", "stage3"]
+    assert [u["window"] for u in d["start"]] == ["phase21", "phase03"] and d["start"][0]["args"] == ["--force"]
+    assert d["start"][0]["jobs"] == ["stage1", "stage2", "stage3"]
     # an output without a status came from elsewhere (uploaded): done; a failed status with an output is not
     d = decide(probe(stage1={"output": True}), stage=1, phase03=False)
     assert d["start"] == [] and d["report"][0].startswith("stage1: done")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from volt_ansible import home
-from volt_ansible.backends.base import DEAD_STATUSES
+from volt_ansible.backends.base import DEAD_STATUSES, is_paused
 from volt_ansible.jobs import Layout
 from volt_ansible.rent import bid_up
 
@@ -34,6 +34,18 @@ def next_bid(current: float, winning: float | None, margin: float, cap: float) -
         return None
     want = max(current * (1 + margin), (winning or 0.0) * (1 + margin))
     return min(cap, bid_up(want))
+
+
+def rescue_source(live: dict | None) -> str:
+    """Whether a lost instance's disk can fill its replacement host to host (copy_direct needs no SSH of ours): "paused"
+    (stopped in the API, its disk kept), "running" (the API says it runs: SSH silent past ssh_replace_s, or replaced on
+    request; it bills its GPU on, so it is destroyed once the replacement runs), "" (exited, offline, gone: home
+    provides)."""
+    if is_paused(live):
+        return "paused"
+    if live is not None and live.get("actual_status") == "running":
+        return "running"
+    return ""
 
 
 def bid_within_budget(spent_usd: float, remaining_h: float | None, budget_usd: float | None) -> float | None:

@@ -99,7 +99,8 @@ class Recovery(BaseModel):
     lost_id: int
     started_at: float = Field(default_factory=time.time)
     pricing: Literal["on-demand", "interruptible"] | None = None  # the replacement's, when not the spec's (volt_interruptible.fallback)
-    rescue_from: int | None = None  # the lost instance is paused with its disk: the replacement is filled from it, host to host
+    rescue_from: int | None = None  # the lost instance still has its disk: the replacement is filled from it, host to host
+    rescue_state: str = ""  # that instance's: "paused" or "running" (recovery.rescue_source)
     rescued: bool = False  # that copy is done (a resumed recovery does not copy again)
     rescued_bytes: int = 0
     avoid_machine: int | None = None  # where the lost one ran (outbid there, preempted, gone): not rented again

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from volt_ansible import datasync, jobs, recovery, rent, ssh
 from volt_ansible import spec as spec_mod
 from volt_ansible import state as state_mod
-from volt_ansible.backends import Backend, is_paused
+from volt_ansible.backends import Backend
 from volt_ansible.campaign import rescue
 from volt_ansible.campaign.context import Progress, backup_dir, open_backend, project_root, quiet, reconciled, run_ok
 from volt_ansible.campaign.provision import rent_new, resume
@@ -56,8 +56,9 @@ def health(state: State, backend: Backend) -> tuple[str, dict | None]:
 
 
 def _rescue(state: State, rec: Recovery, data: dict, progress: Progress) -> None:
-    """Fill the replacement from the paused instance's disk, host to host: the repository (its built binaries and build
-    stamp, the epoch checkpoints, the logs) and the data root. A failure is said, and home fills what it can."""
+    """Fill the replacement from the lost instance's disk (paused, or running out of reach), host to host: the repository
+    (its built binaries and build stamp, the epoch checkpoints, the logs) and the data root. A failure is said, and home
+    fills what it can."""
     assert state.instance is not None and rec.rescue_from is not None
     paths = sorted({str(data.get("repo_build_dest") or "/root/volt-x"), str((data.get("volt_data") or {}).get("root_remote") or "/root/volt-x")})
     paths = [p for p in paths if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in paths)]  # a path inside another goes with it
@@ -68,7 +69,7 @@ def _rescue(state: State, rec: Recovery, data: dict, progress: Progress) -> None
                 progress(f"copied {path} from instance {rec.rescue_from}: {r.bytes / 1e6:.1f} MB in {r.seconds:.0f} s, host to host")
                 rec.rescued_bytes += r.bytes
     except VoltError as e:
-        progress(f"the copy from paused instance {rec.rescue_from} failed ({e}): home provides what it holds")
+        progress(f"the copy from instance {rec.rescue_from} failed ({e}): home provides what it holds")
         return
     rec.rescued = True
     state.recovery = rec
@@ -76,14 +77,16 @@ def _rescue(state: State, rec: Recovery, data: dict, progress: Progress) -> None
 
 
 def _destroy_rescued(state: State, rec: Recovery, progress: Progress) -> None:
-    """The replacement runs the jobs with what the paused instance held: the paused one (billing storage) goes."""
+    """The replacement runs the jobs with what the lost instance held: that one (billing storage while paused, its GPU
+    while it runs out of reach) goes."""
     try:
         with open_backend(rec.backend) as backend:
             backend.destroy(rec.rescue_from)
     except VoltError as e:
-        progress(f"destroying paused instance {rec.rescue_from} failed ({e}): `volt-ansible destroy` removes it later")
+        progress(f"destroying instance {rec.rescue_from} failed ({e}): `volt-ansible destroy` removes it later")
         return
-    rent.close_ledger(state, rec.rescue_from, "destroyed: paused, its disk copied to its replacement")
+    how = "unreachable while it ran" if rec.rescue_state == "running" else "paused"
+    rent.close_ledger(state, rec.rescue_from, f"destroyed: {how}, its disk copied to its replacement")
     state.retired = [r for r in state.retired if r.id != rec.rescue_from]
 
 
@@ -139,14 +142,14 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
                                 "`recover --force` replaces it anyway)")
             reason = "replaced on request (--force)"
         plan = recovery.plan(lay, local, state.resume, state.epoch_s, inst.dph_total)
-        rescuable = is_paused(live)  # stopped with its disk kept: the replacement is filled from it, host to host
+        rescuable = recovery.rescue_source(live)  # its disk is there: the replacement is filled from it, host to host
         if not plan.pending:
             raise VoltError(f"every output is home in {local}: nothing to resume; `volt-ansible finish` destroys instance {inst.id}")
         if not plan.files and not plan.restart and not from_scratch and not rescuable:  # (a stage that cannot resume starts over anyway)
             raise VoltError(f"instance {inst.id} is lost ({reason}) and {local} holds no backup of this campaign (no output, no epoch "
                             "checkpoint): a replacement would train from zero; run `volt-ansible recover --from-scratch` to accept that")
         progress(f"instance {inst.id} lost: {reason}")
-        if not rescuable:  # a paused one bills its storage until it is destroyed, after the rescue copy
+        if not rescuable:  # a paused one bills its storage, a running one its GPU, until it is destroyed after the rescue copy
             rent.close_ledger(state, inst.id, f"lost: {reason}")
         datasync.stop_driver(volt_dir / "data-sync" / f"volt-{inst.id}.json")  # the replacement gets its own transfer
         if live is not None:  # still in the API: its disk may hold newer files; finish/destroy removes it
@@ -154,7 +157,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
         ssh.forget_host(volt_dir, inst.ssh_host, inst.ssh_port)
         state.instance = None
         state.recovery = Recovery(reason=reason, backend=inst.backend, lost_id=inst.id, pricing=pricing,
-                                  rescue_from=inst.id if rescuable else None, avoid_machine=inst.machine_id)
+                                  rescue_from=inst.id if rescuable else None, rescue_state=rescuable, avoid_machine=inst.machine_id)
         state_mod.save(state)
     rec = state.recovery
 
@@ -180,7 +183,7 @@ def recover(from_scratch: bool = False, force: bool = False, progress: Progress 
     if rec.rescue_from is not None and not rec.rescued:
         _rescue(state, rec, spec_mod.read(), progress)
         if not rec.rescued and not recovery.plan(lay, local).files and not from_scratch:
-            raise VoltError(f"the copy from paused instance {rec.rescue_from} failed and {local} holds no backup of this campaign: a "
+            raise VoltError(f"the copy from instance {rec.rescue_from} failed and {local} holds no backup of this campaign: a "
                             f"replacement would train from zero; {again}, or `volt-ansible recover --from-scratch` to accept that")
     plan = recovery.plan(lay, local, state.resume, state.epoch_s, state.instance.dph_total if state.instance else None)
     progress(plan.describe())

@@ -174,6 +174,9 @@ def training_tmux_decide(plan: dict, probe: dict, stage, phase03: bool, force: b
                     report.append(f"{first['name']}: started in tmux window {session}:{first['name']} (log {first['log']})")
     if problems:
         start = []
+    # The GPU's job first: each launch waits training_tmux_start_grace_s to see its job live, and the GPU is what bills
+    # (Phase 0.3 runs on the CPU for hours; seconds later changes nothing for it).
+    start.sort(key=lambda unit: unit["window"] == plan["phase03"]["name"])
     return {"start": start, "report": report, "problems": problems}
 
 
