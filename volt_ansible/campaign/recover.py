@@ -91,7 +91,7 @@ def _destroy_rescued(state: State, rec: Recovery, progress: Progress) -> None:
 
 
 def _from_copied_disk(plan: recovery.Restore, lay: jobs.Layout, state: State) -> None:
-    """After a rescue the first unfinished stage started from the epochs copied from the paused disk (the newest one that
+    """After a rescue the first unfinished stage started from the epochs copied from the lost disk (the newest one that
     matches its digest), not from home's: the plan says what the job itself reports (resumed, or restarted from epoch 1
     with that many epochs to train again)."""
     stages = plan.stages(lay)
