@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from volt_ansible import home
 from volt_ansible.backends.base import DEAD_STATUSES, is_paused
 from volt_ansible.jobs import Layout
-from volt_ansible.rent import bid_up
+from volt_ansible.rent import bid_down, bid_up
 
 
 def lost_reason(live: dict | None, unreachable_since: float | None, ssh_replace_s: float, now: float) -> str:
@@ -53,7 +52,7 @@ def bid_within_budget(spent_usd: float, remaining_h: float | None, budget_usd: f
     when there is no budget, or no timed epoch yet to say how many hours are left."""
     if budget_usd is None or not remaining_h:
         return None
-    return max(0.0, math.floor(round((budget_usd - spent_usd) / remaining_h * 1e4, 6)) / 1e4)
+    return max(0.0, bid_down((budget_usd - spent_usd) / remaining_h))
 
 
 def silence_warning(instance_id: int, unreachable_since: float, ssh_dead_s: float, ssh_replace_s: float, now: float) -> str:

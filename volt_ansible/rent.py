@@ -58,6 +58,11 @@ def bid_up(price: float) -> float:
     return math.ceil(round(price * 1e4, 6)) / 1e4
 
 
+def bid_down(price: float) -> float:
+    """A price in $/h rounded down to a 1/100 cent: never over a cap it was computed from (float noise aside)."""
+    return math.floor(round(price * 1e4, 6)) / 1e4
+
+
 def _min_bid(offer: dict) -> float | None:
     v = offer.get("min_bid")
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 else None
