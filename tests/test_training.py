@@ -212,9 +212,9 @@ def epoch_files(host, where: str = "checkpoints", job: str = "stage1") -> list[i
     return sorted(int(m[1]) for f in out if (m := re.fullmatch(rf"{STEMS[job]}_epoch_(\d+)\.safetensors", f)))
 
 
-def verified_epochs(host, epochs: list[int]) -> list[int]:
-    """Those of `epochs` (stage 1's) whose digest, written when the binary reported them saved, matches."""
-    out = host.exec(f"cd {DEST}/checkpoints && for n in {' '.join(map(str, epochs))}; do f=scaled_vfn_stage1_epoch_$n.safetensors; "
+def verified_epochs(host, epochs: list[int], job: str = "stage1") -> list[int]:
+    """Those of `epochs` (the job's) whose digest, written when the binary reported them saved, matches."""
+    out = host.exec(f"cd {DEST}/checkpoints && for n in {' '.join(map(str, epochs))}; do f={STEMS[job]}_epoch_$n.safetensors; "
                     "[ -f $f.sha256 ] && sha256sum --status -c $f.sha256 && echo $n; done", check=False).stdout
     return [int(n) for n in out.split()]
 
@@ -417,7 +417,9 @@ def test_killing_the_chain_in_stage_2_resumes_stage_2_from_its_own_epochs(fresh)
         assert time.monotonic() < deadline, job_status(host, "stage2")
         time.sleep(0.2)
     kill_tmux(host)
-    newest = max(epoch_files(host, job="stage2"))
+    epochs = epoch_files(host, job="stage2")
+    newest = max(verified_epochs(host, epochs, job="stage2"))  # the kill may come before the newest one's digest: set aside
+    assert newest >= epochs[-1] - 1, epochs
     assert host.exec(f"cat {DEST}/checkpoints/.volt-epochs").stdout.strip() == "stage2"
 
     again = train(host, stage="all", **kw)
