@@ -20,9 +20,10 @@ echo "test.sh: set up in ${SECONDS} s"
 ruff check .
 yamllint -s .
 ansible-lint --offline -q
+echo "test.sh: linted at ${SECONDS} s"
 wait "$images"
 wait "$rust"
-echo "test.sh: linted, images and toolchain ready at ${SECONDS} s"
+echo "test.sh: images and toolchain ready at ${SECONDS} s"
 # 3 workers on 2 cores (VOLT_TEST_WORKERS; the tests wait on ssh over an 80 ms link, apt, sleeps and containers, so a
 # third keeps the CPUs busy: 1155 s against 1200 s with 4; unit tests first while the images are made, 1321 s: the
 # workers' prefetched units queue behind tests waiting for the images): tests that share a module's host stay on one (xdist

@@ -175,8 +175,9 @@ def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused
     assert resumed_from(log) == home_newest
     print(f"drill C: the paused instance gone -> stage 1 training on a replacement fed from home: {started - gone_at:.0f} s")
 
-    # ("finished" alone also matches the cost line's "per finished epoch")
-    ended = lambda: re.search(r"^campaign \S+ finished: ", project.cli("watch", "--once", "--interval", "0.01").stdout, re.M)  # noqa: E731
+    # ("finished" alone also matches the cost line's "per finished epoch"); no backup until the round that finds stage 1
+    # done (--interval 60): that one backs up, then finishes
+    ended = lambda: re.search(r"^campaign \S+ finished: ", project.cli("watch", "--once", "--interval", "60").stdout, re.M)  # noqa: E731
     wait_for(ended, 300, lambda: "not finished")
     files = json.loads((project.root / "runs" / "volt-x-phase21" / "home.json").read_text())["files"]
     assert "checkpoints/scaled_vfn_stage1.safetensors" in files and project.double().containers() == []
