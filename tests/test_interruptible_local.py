@@ -87,8 +87,7 @@ def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused
     # -- A: outbid ($0.01/h above); the bid is raised; it runs again; the jobs restart there ------------------------
     # the newest with its digest (one more may land before the outbid: the resume is from that one or newer; one whose
     # digest the outbid cut off is set aside)
-    newest = max(int(m) for m in re.findall(r"scaled_vfn_stage1_epoch_(\d+)\.safetensors\.sha256",
-                                            on_instance(project, f"ls {DEST}/checkpoints/")))
+    newest = max(epochs_on_disk(project, digested=True))
     project.cli("local", "outbid")
     outbid_at = time.time()
     first = project.cli("watch", "--once", "--no-finish").stdout

@@ -77,9 +77,11 @@ def migrate_from_the_stopped_disk(project, old_id: int, home_newest: int) -> int
     return new_id
 
 
-def epochs_on_disk(project) -> list[int]:
-    out = on_instance(project, f"ls {DEST}/checkpoints/ 2>/dev/null || true")
-    return sorted(int(m) for m in re.findall(r"scaled_vfn_stage1_epoch_(\d+)\.safetensors", out))
+def epochs_on_disk(project, digested: bool = False) -> list[int]:
+    """Stage 1's epoch checkpoints on the instance; digested: those that have their digest file beside them."""
+    out = on_instance(project, f"ls -1 {DEST}/checkpoints/ 2>/dev/null || true")
+    suffix = r"\.safetensors\.sha256" if digested else r"\.safetensors"
+    return sorted(int(m) for m in re.findall(rf"^scaled_vfn_stage1_epoch_(\d+){suffix}$", out, re.M))
 
 
 @pytest.mark.reuse_build  # needs the binaries, does not test building them (tests/buildshare.py)
