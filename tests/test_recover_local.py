@@ -121,7 +121,8 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
         old_id = migrate_from_the_stopped_disk(project, old_id, newest)
 
     # the replacement's stage 1 (launched from the spec as it is then): quicker epochs, still training when finish is tried
-    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 1500})
+    # (a resumed one has only the epochs after home's newest left: 3-s epochs keep it running through a slow recover's end)
+    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 3000 if resumable else 1500})
     project.cli("local", "preempt")
     preempted = time.time()
     out = project.cli("recover", timeout=900).stdout
