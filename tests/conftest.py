@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +26,28 @@ PROJECT_FILES = ["ansible.cfg", "group_vars", "inventory", "playbooks", "roles"]
 RTT_MS = os.environ.get("VOLT_TEST_RTT_MS", "80")
 
 
+def _machine_cpu_s() -> float:
+    """The whole machine's busy CPU seconds so far (user+nice+system+irq+softirq+steal): the containers' work included,
+    so a figure per command holds only while nothing else runs."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (sum(int(x) for x in fields[:8]) - int(fields[3]) - int(fields[4])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Project:
     root: Path
     home: Path  # short: ssh ControlPath sockets live under it and must fit 108 bytes
+    reuse_build: bool = False  # @pytest.mark.reuse_build: binaries from tests/buildshare.py
+
+    @property
+    def build_cache(self) -> Path:
+        return self.home / ".cache" / "volt-ansible" / "builds"
+
+    def build_features(self) -> list[str]:
+        """The cargo features this project's spec builds (its own or the role's default)."""
+        spec = yaml.safe_load((self.root / "group_vars" / "all.yml").read_text())
+        default = yaml.safe_load((self.root / "roles" / "repo_build" / "defaults" / "main.yml").read_text())
+        return spec.get("repo_build_features", default["repo_build_features"])
 
     @property
     def volt_dir(self) -> Path:
@@ -46,11 +65,17 @@ class Project:
         return env
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-        t0 = time.monotonic()
-        proc = run_group([sys.executable, "-m", "volt_ansible", *args], cwd=self.root, env=self.env(**env), timeout=timeout)
-        if os.environ.get("VOLT_TEST_TIMING"):  # where a slow e2e test spends its time: seconds per CLI command
+        t0, cpu0 = time.monotonic(), _machine_cpu_s()
+        compiles = args[:1] == ("up",) or args[:2] == ("run", "prepare")
+        shared = buildshare.building(self.build_cache, self.build_features()) if self.reuse_build and compiles else nullcontext()
+        if self.reuse_build:
+            buildshare.seed(self.build_cache)
+        with shared:
+            proc = run_group([sys.executable, "-m", "volt_ansible", *args], cwd=self.root, env=self.env(**env), timeout=timeout)
+        buildshare.harvest(self.build_cache)
+        if os.environ.get("VOLT_TEST_TIMING"):  # where a slow e2e test spends its time: seconds (and CPU-s) per CLI command
             with open(os.environ["VOLT_TEST_TIMING"], "a") as f:
-                f.write(f"{time.monotonic() - t0:7.1f} {' '.join(args)}\n")
+                f.write(f"{time.monotonic() - t0:7.1f} s {_machine_cpu_s() - cpu0:7.1f} CPU-s {' '.join(args)}\n")
         if check and proc.returncode != 0:
             raise AssertionError(f"volt-ansible {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -103,13 +128,13 @@ def project(tmp_path: Path, request):
     """A throwaway project. @pytest.mark.reuse_build: its build cache starts with the binaries an earlier test built
     from the same fixture sources (tests/buildshare.py), for tests that need them but do not test building."""
     p = make_project(tmp_path / "project")
-    cache = p.home / ".cache" / "volt-ansible" / "builds"
-    if request.node.get_closest_marker("reuse_build"):
-        buildshare.seed(cache)
+    p.reuse_build = request.node.get_closest_marker("reuse_build") is not None
+    if p.reuse_build:
+        buildshare.seed(p.build_cache)
     yield p
     if (p.volt_dir / "local").exists():
         p.double().clean()
-    buildshare.harvest(cache)
+    buildshare.harvest(p.build_cache)
     shutil.rmtree(p.home, ignore_errors=True)
 
 

@@ -75,13 +75,13 @@ def test_outbid_drills_a_b_c_resume_on_the_same_instance_migrate_from_the_paused
                           "jobs": ["stage1"], "compress": "auto", "enabled": True})
     project.spec(volt_instance={"pricing": "interruptible", "bid_dph": 0.1},
                  volt_interruptible={"bid_max_dph": 0.2, "run_again_wait_s": 1, "fallback": "interruptible"}, volt_data=data)
-    project.cli("provision")
+    project.cli("up", "--yes", "--stage", "1", timeout=900)  # the separate steps are test_campaign_local's subject
     iid = project.state()["instance"]["id"]
-    project.cli("run", "prepare", timeout=900)
-    project.cli("run", "sync")
-    project.cli("train", "--stage", "1")
     wait_for(lambda: len(epochs_on_disk(project)) >= 2, 120, lambda: epochs_on_disk(project))
     sync_status = project.volt_dir / "data-sync" / f"volt-{iid}.json"
+    # up returns once stage 1 runs; the later stages' items may still be moving in the background: all of it is there
+    # before the outbid, so that "nothing sent again" means what it says
+    wait_for(lambda: json.loads(sync_status.read_text())["state"] == "done", 60, lambda: sync_status.read_text())
     first_run = json.loads(sync_status.read_text())["run_id"]
 
     # -- A: outbid ($0.01/h above); the bid is raised; it runs again; the jobs restart there ------------------------

@@ -94,10 +94,7 @@ def epochs_on_disk(project, digested: bool = False) -> list[int]:
 def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_uninterrupted_run(project, resumable):
     # still training when `finish` is tried right after the recovery
     drill_spec(project, epochs=10, epoch_ms=3000 if resumable else 4000, features=["vfn-training", "resume"] if resumable else None)
-    project.cli("provision")
-    project.cli("run", "prepare", timeout=900)
-    project.cli("run", "sync")
-    project.cli("train", "--stage", "1")
+    project.cli("up", "--yes", "--stage", "1", timeout=900)  # the separate steps are test_campaign_local's subject
 
     # watch backs up every round (--interval 0.01 min) until two epoch checkpoints of stage 1 are home
     deadline = time.monotonic() + 120

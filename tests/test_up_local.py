@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import buildshare
 import pytest
 from procs import comm, descendants
 from testhost import container_pid, container_root
@@ -108,6 +109,8 @@ BUILDS = {"mid-build"}
 def interrupt_at(project, point: str, timeout: float = 420) -> str:
     """Start `up`, press Ctrl-C the moment `point` is reached; what up said."""
     reached, every = POINTS[point]
+    if project.reuse_build:  # what an earlier test built since this one started (project.cli does this for its commands)
+        buildshare.seed(project.build_cache)
     first = subprocess.Popen([sys.executable, "-m", "volt_ansible", "up", "--backend", "local", "--yes"], cwd=project.root,
                              env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout
