@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -251,3 +253,27 @@ def test_cargo_builds_with_the_repositorys_lock_file(make_host, origin):
     proc = host.playbook(play(origin.vars(), serve=False))
     assert proc.returncode != 0 and "cargo build failed (rc=101)" in proc.stdout
     assert "--locked" in proc.stdout and "Cargo.lock" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_restore_streams_an_entry_into_any_dest_and_a_failure_is_one_line(make_host, tmp_path):
+    """The restore (`python -m volt_ansible.buildcache restore`, what repo_build runs on a cache hit): the archive lands
+    unpacked in a dest whose name a shell would expand, taken literally; a dest it cannot make is one line naming it."""
+    work = tmp_path / "target" / "release"
+    work.mkdir(parents=True)
+    (work / "train-vfn").write_text("#!/bin/sh\necho ok\n")
+    (work / "train-vfn").chmod(0o755)
+    archive = tmp_path / "entry.tar.gz"
+    subprocess.run(["tar", "-czf", archive, "-C", tmp_path, "target"], check=True)
+    host = make_host("host")
+    conn = {"host": "127.0.0.1", "port": host.port, "user": "root", "key": str(host.key),
+            "args": ["-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"]}  # test scaffolding: a fresh test host
+    dest = "/root/a dir/$(touch /tmp/pwned)'x"
+    run = [sys.executable, "-m", "volt_ansible.buildcache", "restore", str(archive), dest, json.dumps(conn)]
+    assert subprocess.run(run, capture_output=True, text=True).returncode == 0
+    assert host.exec(f"{shlex.quote(dest + '/target/release/train-vfn')}").stdout.strip() == "ok"
+    assert host.exec("test -e /tmp/pwned", check=False).returncode != 0
+
+    bad = subprocess.run([*run[:-2], "/etc/hostname/volt-x", json.dumps(conn)], capture_output=True, text=True)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1, bad.stderr
+    assert lines[0].startswith("repo_build: restoring entry.tar.gz into /etc/hostname/volt-x on 127.0.0.1 failed (rc=")

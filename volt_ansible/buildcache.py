@@ -10,8 +10,8 @@ refuses it unless it holds exactly the recorded files with the recorded digests,
 Trust: the digests prove the entry is what was fetched from the instance that built it, not that the instance
 compiled honestly; an entry is as trustworthy as the host that built it (`list` names it, `clear` drops it).
 
-Used by the role (roles/repo_build/lookup_plugins, and `python -m volt_ansible.buildcache record` after a fetch)
-and by `volt-ansible cache list|clear`.
+Used by the role (roles/repo_build/lookup_plugins, `python -m volt_ansible.buildcache record` after a fetch and
+`... restore` onto an instance) and by `volt-ansible cache list|clear`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import subprocess
 import sys
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from volt_ansible import ssh
 from volt_ansible.errors import VoltError
 
 FORMAT = 3
@@ -188,10 +191,38 @@ def clear(cache_dir: Path | str, key: str | None = None, everything: bool = Fals
     return found
 
 
+def restore(archive: Path | str, dest: str, conn: dict, timeout: float = 600) -> None:
+    """Unpack an entry's archive (checked by `verify` first) into `dest` on the instance, streamed into `tar -xz` there
+    over one SSH connection: Ansible's unarchive makes a temporary directory, copies the file and runs a module that is
+    not pipelined, ~3 s at 80 ms where this is a handshake and the bytes. conn: as ssh.argv takes it (the inventory's
+    connection, its pinned known_hosts)."""
+    line = f"mkdir -p -- {shlex.quote(dest)} && tar -xzf - -C {shlex.quote(dest)}"
+    try:
+        with open(archive, "rb") as src:
+            proc = subprocess.run([*ssh.argv(conn), str(conn["host"]), line], stdin=src, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise VoltError(f"restoring {Path(archive).name} into {dest} on {conn['host']} took over {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        err = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise VoltError(f"restoring {Path(archive).name} into {dest} on {conn['host']} failed (rc={proc.returncode}): {err}")
+
+
+USAGE = ("usage: python -m volt_ansible.buildcache record PART CACHE_DIR KEY INFO_JSON\n"
+         "       python -m volt_ansible.buildcache restore ARCHIVE DEST SSH_JSON")
+
+
 def main(argv: list[str]) -> int:
-    """`python -m volt_ansible.buildcache record PART CACHE_DIR KEY INFO_JSON` (what roles/repo_build runs after a fetch)."""
+    """`python -m volt_ansible.buildcache record PART CACHE_DIR KEY INFO_JSON` (what roles/repo_build runs after a fetch),
+    `... restore ARCHIVE DEST SSH_JSON` (what it runs instead of compiling)."""
+    if len(argv) == 4 and argv[0] == "restore":
+        try:
+            restore(argv[1], argv[2], json.loads(argv[3]))
+        except (VoltError, OSError, ValueError) as e:
+            print(f"repo_build: {e}", file=sys.stderr)
+            return 1
+        return 0
     if len(argv) != 5 or argv[0] != "record":
-        print("usage: python -m volt_ansible.buildcache record PART CACHE_DIR KEY INFO_JSON", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     try:
         rec = record(argv[1], argv[2], argv[3], json.loads(argv[4]))
