@@ -5,11 +5,12 @@ empty and each campaign compiles the fixture again. Entries are keyed by the com
 features, the binaries and the toolchain; the local world commits the fixture into a fresh repository per project,
 so fixed git dates (FIXED_GIT_DATES, set in every project's environment) make the same sources the same commit.
 
-After each CLI command of a `project` test, its new entries are copied to a machine-wide directory (harvest); a test
-marked @pytest.mark.reuse_build gets them in its cache before each command (seed) and so restores the binaries instead
-of compiling, exactly as a user's second campaign does. Tests that check the build itself are not marked. When no
-entry of a marked test's features is there yet, its command that may compile holds a lock for those features
-(building), so that two tests started together compile them once: the second one waits, then restores.
+After each CLI command of a `project` test that may compile (`up`, `run prepare`), and at its end, its new entries are
+copied to a machine-wide directory (harvest); a test marked @pytest.mark.reuse_build gets them in its cache before each
+command (seed) and so restores the binaries instead of compiling, exactly as a user's second campaign does. Tests that
+check the build itself are not marked. When no entry of a marked test's features is there yet, its command that may
+compile holds a lock for those features (building), so that two tests started together compile them once: the second
+one waits, then restores.
 The shared directory is per `dev` image (the binaries link against its libraries) and written entry by entry,
 record last (as the product does: an entry without its record is not an entry), so workers never see half of one.
 """
