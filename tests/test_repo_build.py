@@ -257,13 +257,17 @@ def test_cargo_builds_with_the_repositorys_lock_file(make_host, origin):
 
 def test_restore_streams_an_entry_into_any_dest_and_a_failure_is_one_line(make_host, tmp_path):
     """The restore (`python -m volt_ansible.buildcache restore`, what repo_build runs on a cache hit): the archive lands
-    unpacked in a dest whose name a shell would expand, taken literally; a dest it cannot make is one line naming it."""
+    unpacked in a dest whose name a shell would expand, taken literally, its build stamp last; a stream cut short changes
+    nothing there; a dest it cannot make is one line naming it."""
     work = tmp_path / "target" / "release"
-    work.mkdir(parents=True)
+    (work / ".volt-help").mkdir(parents=True)
     (work / "train-vfn").write_text("#!/bin/sh\necho ok\n")
     (work / "train-vfn").chmod(0o755)
+    (work / ".volt-build-stamp").write_text("new-key\n")
+    (work / ".volt-help" / "train-vfn.txt").write_text("x" * 300_000)  # after the stamp in the archive, as cache_save packs
     archive = tmp_path / "entry.tar.gz"
-    subprocess.run(["tar", "-czf", archive, "-C", tmp_path, "target"], check=True)
+    subprocess.run(["tar", "-czf", archive, "-C", tmp_path, "target/release/train-vfn", "target/release/.volt-build-stamp",
+                    "target/release/.volt-help/train-vfn.txt"], check=True)
     host = make_host("host")
     conn = {"host": "127.0.0.1", "port": host.port, "user": "root", "key": str(host.key),
             "args": ["-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"]}  # test scaffolding: a fresh test host
@@ -272,6 +276,19 @@ def test_restore_streams_an_entry_into_any_dest_and_a_failure_is_one_line(make_h
     assert subprocess.run(run, capture_output=True, text=True).returncode == 0
     assert host.exec(f"{shlex.quote(dest + '/target/release/train-vfn')}").stdout.strip() == "ok"
     assert host.exec("test -e /tmp/pwned", check=False).returncode != 0
+    assert host.read(dest + "/target/release/.volt-build-stamp") == "new-key\n"
+    assert host.exec(f"ls -A {shlex.quote(dest)}").stdout.split() == ["target"]  # no temporary directory left
+
+    # cut off before the end (the help file, after the stamp): the older build stays as it was, stamp and all
+    host.exec("mkdir -p /root/old/target/release && echo old-key > /root/old/target/release/.volt-build-stamp")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    cut_short = subprocess.run([*run[:4], str(cut), "/root/old", json.dumps(conn)], capture_output=True, text=True)
+    lines = cut_short.stderr.strip().splitlines()  # the stream ends after the stamp, inside the help file
+    assert cut_short.returncode == 1 and len(lines) == 1, cut_short.stderr
+    assert lines[0].startswith("repo_build: restoring cut.tar.gz into /root/old on 127.0.0.1 failed (rc=2): tar: "), lines
+    assert host.read("/root/old/target/release/.volt-build-stamp") == "old-key\n"
+    assert host.exec("ls -A /root/old").stdout.split() == ["target"]
 
     bad = subprocess.run([*run[:-2], "/etc/hostname/volt-x", json.dumps(conn)], capture_output=True, text=True)
     lines = bad.stderr.strip().splitlines()

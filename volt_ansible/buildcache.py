@@ -191,12 +191,37 @@ def clear(cache_dir: Path | str, key: str | None = None, everything: bool = Fals
     return found
 
 
+STAMP = ".volt-build-stamp"  # roles/repo_build: the key of the build in target/<profile>/; a matching one means "built"
+
+
+def restore_script(dest: str, stamp: str | None) -> str:
+    """The instance's side of `restore`: the whole archive lands in a temporary directory first, then goes into place
+    with the build stamp last and any older stamp removed first, so a stream cut anywhere leaves no stamp that says
+    the binaries are there (the next run restores again). cp --remove-destination: a running binary is replaced, not
+    written into (text file busy)."""
+    lines = ["set -e", f"d={shlex.quote(dest)}", 'mkdir -p -- "$d"',
+             't=$(mktemp -d "$d/.volt-restore.XXXXXX")', 'u=$(mktemp -d "$d/.volt-restore.XXXXXX")',
+             "trap 'rm -rf -- \"$t\" \"$u\"' EXIT", 'tar -xzf - -C "$t"']
+    if stamp:
+        s = shlex.quote(stamp)
+        lines += [f'rm -f -- "$d"/{s}', f'mv -- "$t"/{s} "$u"/stamp']
+    lines.append('cp -a --remove-destination -- "$t"/. "$d"/')
+    if stamp:
+        lines.append(f'mv -- "$u"/stamp "$d"/{s}')
+    return "\n".join(lines)
+
+
 def restore(archive: Path | str, dest: str, conn: dict, timeout: float = 600) -> None:
     """Unpack an entry's archive (checked by `verify` first) into `dest` on the instance, streamed into `tar -xz` there
     over one SSH connection: Ansible's unarchive makes a temporary directory, copies the file and runs a module that is
     not pipelined, ~3 s at 80 ms where this is a handshake and the bytes. conn: as ssh.argv takes it (the inventory's
     connection, its pinned known_hosts)."""
-    line = f"mkdir -p -- {shlex.quote(dest)} && tar -xzf - -C {shlex.quote(dest)}"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            stamp = next((m.name for m in tar if m.isfile() and Path(m.name).name == STAMP), None)
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise VoltError(f"{Path(archive).name} cannot be read ({e})") from None
+    line = restore_script(dest, stamp)
     try:
         with open(archive, "rb") as src:
             proc = subprocess.run([*ssh.argv(conn), str(conn["host"]), line], stdin=src, capture_output=True, timeout=timeout)
