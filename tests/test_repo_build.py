@@ -272,7 +272,8 @@ def test_restore_streams_an_entry_into_any_dest_and_a_failure_is_one_line(make_h
     conn = {"host": "127.0.0.1", "port": host.port, "user": "root", "key": str(host.key),
             "args": ["-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"]}  # test scaffolding: a fresh test host
     dest = "/root/a dir/$(touch /tmp/pwned)'x"
-    run = [sys.executable, "-m", "volt_ansible.buildcache", "restore", str(archive), dest, json.dumps(conn)]
+    stamp = "target/release/.volt-build-stamp"
+    run = [sys.executable, "-m", "volt_ansible.buildcache", "restore", str(archive), dest, stamp, json.dumps(conn)]
     assert subprocess.run(run, capture_output=True, text=True).returncode == 0
     assert host.exec(f"{shlex.quote(dest + '/target/release/train-vfn')}").stdout.strip() == "ok"
     assert host.exec("test -e /tmp/pwned", check=False).returncode != 0
@@ -283,14 +284,14 @@ def test_restore_streams_an_entry_into_any_dest_and_a_failure_is_one_line(make_h
     host.exec("mkdir -p /root/old/target/release && echo old-key > /root/old/target/release/.volt-build-stamp")
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    cut_short = subprocess.run([*run[:4], str(cut), "/root/old", json.dumps(conn)], capture_output=True, text=True)
+    cut_short = subprocess.run([*run[:4], str(cut), "/root/old", stamp, json.dumps(conn)], capture_output=True, text=True)
     lines = cut_short.stderr.strip().splitlines()  # the stream ends after the stamp, inside the help file
     assert cut_short.returncode == 1 and len(lines) == 1, cut_short.stderr
     assert lines[0].startswith("repo_build: restoring cut.tar.gz into /root/old on 127.0.0.1 failed (rc=2): tar: "), lines
     assert host.read("/root/old/target/release/.volt-build-stamp") == "old-key\n"
     assert host.exec("ls -A /root/old").stdout.split() == ["target"]
 
-    bad = subprocess.run([*run[:-2], "/etc/hostname/volt-x", json.dumps(conn)], capture_output=True, text=True)
+    bad = subprocess.run([*run[:-3], "/etc/hostname/volt-x", stamp, json.dumps(conn)], capture_output=True, text=True)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 1 and len(lines) == 1, bad.stderr
     assert lines[0].startswith("repo_build: restoring entry.tar.gz into /etc/hostname/volt-x on 127.0.0.1 failed (rc=")

@@ -191,36 +191,25 @@ def clear(cache_dir: Path | str, key: str | None = None, everything: bool = Fals
     return found
 
 
-STAMP = ".volt-build-stamp"  # roles/repo_build: the key of the build in target/<profile>/; a matching one means "built"
-
-
-def restore_script(dest: str, stamp: str | None) -> str:
+def restore_script(dest: str, stamp: str) -> str:
     """The instance's side of `restore`: the whole archive lands in a temporary directory first, then goes into place
     with the build stamp last and any older stamp removed first, so a stream cut anywhere leaves no stamp that says
     the binaries are there (the next run restores again). cp --remove-destination: a running binary is replaced, not
     written into (text file busy)."""
     lines = ["set -e", f"d={shlex.quote(dest)}", 'mkdir -p -- "$d"',
              't=$(mktemp -d "$d/.volt-restore.XXXXXX")', 'u=$(mktemp -d "$d/.volt-restore.XXXXXX")',
-             "trap 'rm -rf -- \"$t\" \"$u\"' EXIT", 'tar -xzf - -C "$t"']
-    if stamp:
-        s = shlex.quote(stamp)
-        lines += [f'rm -f -- "$d"/{s}', f'mv -- "$t"/{s} "$u"/stamp']
-    lines.append('cp -a --remove-destination -- "$t"/. "$d"/')
-    if stamp:
-        lines.append(f'mv -- "$u"/stamp "$d"/{s}')
+             "trap 'rm -rf -- \"$t\" \"$u\"' EXIT", 'tar -xzf - -C "$t"',
+             f'rm -f -- "$d"/{shlex.quote(stamp)}', f'mv -- "$t"/{shlex.quote(stamp)} "$u"/stamp',
+             'cp -a --remove-destination -- "$t"/. "$d"/', f'mv -- "$u"/stamp "$d"/{shlex.quote(stamp)}']
     return "\n".join(lines)
 
 
-def restore(archive: Path | str, dest: str, conn: dict, timeout: float = 600) -> None:
+def restore(archive: Path | str, dest: str, stamp: str, conn: dict, timeout: float = 600) -> None:
     """Unpack an entry's archive (checked by `verify` first) into `dest` on the instance, streamed into `tar -xz` there
     over one SSH connection: Ansible's unarchive makes a temporary directory, copies the file and runs a module that is
     not pipelined, ~3 s at 80 ms where this is a handshake and the bytes. conn: as ssh.argv takes it (the inventory's
-    connection, its pinned known_hosts)."""
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            stamp = next((m.name for m in tar if m.isfile() and Path(m.name).name == STAMP), None)
-    except (OSError, tarfile.TarError, EOFError) as e:
-        raise VoltError(f"{Path(archive).name} cannot be read ({e})") from None
+    connection, its pinned known_hosts). stamp: the build stamp's path in the archive (the role names it: no second
+    read of an archive `verify` has just read)."""
     line = restore_script(dest, stamp)
     try:
         with open(archive, "rb") as src:
@@ -233,15 +222,15 @@ def restore(archive: Path | str, dest: str, conn: dict, timeout: float = 600) ->
 
 
 USAGE = ("usage: python -m volt_ansible.buildcache record PART CACHE_DIR KEY INFO_JSON\n"
-         "       python -m volt_ansible.buildcache restore ARCHIVE DEST SSH_JSON")
+         "       python -m volt_ansible.buildcache restore ARCHIVE DEST STAMP SSH_JSON")
 
 
 def main(argv: list[str]) -> int:
     """`python -m volt_ansible.buildcache record PART CACHE_DIR KEY INFO_JSON` (what roles/repo_build runs after a fetch),
-    `... restore ARCHIVE DEST SSH_JSON` (what it runs instead of compiling)."""
-    if len(argv) == 4 and argv[0] == "restore":
+    `... restore ARCHIVE DEST STAMP SSH_JSON` (what it runs instead of compiling)."""
+    if len(argv) == 5 and argv[0] == "restore":
         try:
-            restore(argv[1], argv[2], json.loads(argv[3]))
+            restore(argv[1], argv[2], argv[3], json.loads(argv[4]))
         except (VoltError, OSError, ValueError) as e:
             print(f"repo_build: {e}", file=sys.stderr)
             return 1
