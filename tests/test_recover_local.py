@@ -21,6 +21,7 @@ from volt_ansible import fileops
 pytestmark = pytest.mark.podman
 
 DEST = "/root/volt-x"
+GATE = "/tmp/volt-test-last-epoch"  # VOLT_FIXTURE_LAST_EPOCH_GATE (tests/fixtures/volt-x/README.md)
 
 
 def one_line_error(proc) -> str:
@@ -117,9 +118,9 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
     if not resumable:  # an on-demand instance its host stops (disk kept): replaced from its own disk, host to host
         old_id = migrate_from_the_stopped_disk(project, old_id, newest)
 
-    # the replacement's stage 1 (launched from the spec as it is then): quicker epochs, still training when finish is tried
-    # (a resumed one has only the epochs after home's newest left: 3-s epochs keep it running through a slow recover's end)
-    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 3000 if resumable else 1500})
+    # the replacement's stage 1 (launched from the spec as it is then): quicker epochs; its last one waits for GATE, so it is
+    # still training when finish is tried however slow the recovery's end is
+    project.spec(training_tmux_env={"VOLT_FIXTURE_EPOCH_MS": 1000, "VOLT_FIXTURE_LAST_EPOCH_GATE": GATE})
     project.cli("local", "preempt")
     preempted = time.time()
     out = project.cli("recover", timeout=900).stdout
@@ -145,6 +146,7 @@ def test_preemption_drill_resumes_from_the_newest_epoch_home_and_ends_like_an_un
 
     err = one_line_error(project.cli("finish", check=False))
     assert "still running: " in err and "stage1" in err
+    on_instance(project, f"touch {GATE}")
 
     # watch (not finishing) until Phase 0.3 and stage 1 are done; no backup before then (--interval 60): the rounds only
     # read the jobs, and the round that finds them done backs up
