@@ -197,10 +197,9 @@ def restore_script(dest: str, stamp: str) -> str:
     the binaries are there (the next run restores again). cp --remove-destination: a running binary is replaced, not
     written into (text file busy)."""
     lines = ["set -e", f"d={shlex.quote(dest)}", 'mkdir -p -- "$d"',
-             't=$(mktemp -d "$d/.volt-restore.XXXXXX")', 'u=$(mktemp -d "$d/.volt-restore.XXXXXX")',
-             "trap 'rm -rf -- \"$t\" \"$u\"' EXIT", 'tar -xzf - -C "$t"',
-             f'rm -f -- "$d"/{shlex.quote(stamp)}', f'mv -- "$t"/{shlex.quote(stamp)} "$u"/stamp',
-             'cp -a --remove-destination -- "$t"/. "$d"/', f'mv -- "$u"/stamp "$d"/{shlex.quote(stamp)}']
+             't=$(mktemp -d "$d/.volt-restore.XXXXXX")', "trap 'rm -rf -- \"$t\"' EXIT", 'mkdir -- "$t"/a',
+             'tar -xzf - -C "$t"/a', f'rm -f -- "$d"/{shlex.quote(stamp)}', f'mv -- "$t"/a/{shlex.quote(stamp)} "$t"/stamp',
+             'cp -a --remove-destination -- "$t"/a/. "$d"/', f'mv -- "$t"/stamp "$d"/{shlex.quote(stamp)}']
     return "\n".join(lines)
 
 
