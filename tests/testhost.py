@@ -21,27 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 LABEL = "volt-ansible.test"
 
 
-def _start_time(pid: int) -> str:
-    """When process `pid` started (field 22 of /proc/<pid>/stat): a pid the kernel gave to another process since differs."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-_INITS: dict[str, tuple[int, str]] = {}  # container -> its init's pid and start time, as last asked
-
-
 def container_pid(name: str) -> int:
     """The pid of container `name`'s init as this machine sees it, 0 when it is not running. Tests that wait for
-    something on a host look at it through /proc/<pid> several times a second: a `podman exec` costs ~0.1 s of CPU
-    each, which every other test on the same two cores pays for."""
-    pid, started = _INITS.get(name, (0, ""))
-    if not pid or _start_time(pid) != started:  # not asked yet, or restarted since
-        out = podman.run("inspect", "-f", "{{.State.Pid}}", name, check=False).stdout.decode().strip()
-        pid = int(out) if out.isdigit() else 0
-        _INITS[name] = (pid, _start_time(pid)) if pid else (0, "")
-    return pid
+    something on a host look at it through /proc/<pid> several times a second (podman.init_pid: one `podman inspect`
+    per start of the container)."""
+    return podman.init_pid(name)
 
 
 def container_root(name: str) -> Path | None:

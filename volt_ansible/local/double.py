@@ -519,8 +519,7 @@ class LocalVast:
         return out
 
     def _container_running(self, name: str) -> bool:
-        proc = podman.run("inspect", "-f", "{{.State.Running}}", name, check=False)
-        return proc.returncode == 0 and proc.stdout.decode().strip() == "true"
+        return podman.init_pid(name) != 0
 
     def row(self, inst: dict, loading_s: float, market: dict | None = None) -> dict:
         """The instance as Vast shows it. market: {"rival": the competing bid on its machine or None, "now": the double's
