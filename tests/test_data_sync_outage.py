@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from volt_ansible import datasync
 from volt_ansible.datasync import driver as driver_mod
 from volt_ansible.datasync.retry import Outage
+from volt_ansible.datasync.status import host_lock
 from volt_ansible.errors import VoltError
 
 DOWN = subprocess.CompletedProcess([], 255, b"", b"ssh: connect to host 10.0.0.1 port 2222: Connection timed out\n")
@@ -126,3 +128,33 @@ def test_a_destroyed_instances_driver_is_stopped_not_left_retrying(tmp_path):
         assert datasync.status(status, None)["finished"] and datasync.stop_driver(status) is None  # none left to stop
     finally:
         proc.kill()
+
+
+def test_a_wait_check_sees_the_end_of_the_transfer_at_once_and_otherwise_reports_in_after_its_wait(tmp_path):
+    """`status --wait-s` (what each check of tasks_from: wait runs): the end written by the driver is answered within a
+    fraction of a second, not at the next check; while nothing changes, it answers "not finished" once wait_s is up.
+    The driver's lock is held as a running driver holds it."""
+    status = tmp_path / "volt-7.json"
+    status.write_text(json.dumps({"run_id": "r1", "state": "running", "items": {}, "ready_jobs": []}))
+    lock = host_lock(status.with_suffix(".lock"), blocking=True)
+    cmd = [sys.executable, "-m", "volt_ansible.datasync", "status", "--status", str(status), "--jobs", "stage1", "--run-id", "r1"]
+    try:
+        t0 = time.monotonic()
+        idle = json.loads(subprocess.run([*cmd, "--wait-s", "1.5"], capture_output=True, text=True, check=True).stdout)
+        assert idle["finished"] is False and idle["state"] == "running" and 1.3 <= time.monotonic() - t0 < 10
+
+        def finish_later():
+            time.sleep(1.0)
+            status.write_text(json.dumps({"run_id": "r1", "state": "running", "items": {}, "ready_jobs": ["stage1"]}))
+            done.append(time.monotonic())
+
+        done: list[float] = []
+        writer = threading.Thread(target=finish_later)
+        writer.start()
+        seen = json.loads(subprocess.run([*cmd, "--wait-s", "60"], capture_output=True, text=True, check=True).stdout)
+        answered = time.monotonic()
+        writer.join()
+        assert seen["finished"] is True and seen["satisfied"] is True and seen["ready"] == ["stage1"]
+        assert answered - done[0] < 1.0, answered - done[0]  # within a few 0.2-s looks, not after the 60 s
+    finally:
+        lock.close()

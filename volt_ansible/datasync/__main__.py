@@ -12,7 +12,7 @@ from pathlib import Path
 
 from volt_ansible.datasync.driver import Driver
 from volt_ansible.datasync.preflight import preflight
-from volt_ansible.datasync.status import host_lock, status
+from volt_ansible.datasync.status import host_lock, wait
 from volt_ansible.datasync.transport import RSYNC_MIN_VERSION, local_rsync
 from volt_ansible.errors import VoltError
 from volt_ansible.fileops import atomic_write
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--jobs", default="", help="comma-separated; empty: wait for everything")
     w.add_argument("--run-id")
     w.add_argument("--started", type=float)
+    w.add_argument("--wait-s", type=float, default=0, help="look again every 0.2 s until finished, for at most this long")
     a = ap.parse_args(argv)
 
     if a.cmd == "plan":
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(plan))
         return 0
     if a.cmd == "status":
-        print(json.dumps(status(Path(a.status), [j for j in a.jobs.split(",") if j] or None, a.run_id, a.started)))
+        print(json.dumps(wait(Path(a.status), [j for j in a.jobs.split(",") if j] or None, a.run_id, a.started, a.wait_s)))
         return 0
     # sync
     if not (a.plan or a.plan_json):

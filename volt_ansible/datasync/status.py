@@ -75,6 +75,19 @@ def status(status_path: Path, wanted: list[str] | None, run_id: str | None = Non
             "summary": summary, "ready": sorted(ready)}
 
 
+def wait(status_path: Path, wanted: list[str] | None, run_id: str | None = None, started: float | None = None,
+         wait_s: float = 0, step_s: float = 0.2) -> dict:
+    """status(), looked at again every step_s until it is finished or wait_s have passed: what one check of
+    `tasks_from: wait` runs, so the end of a transfer is seen within step_s while each check (a process started
+    through Ansible, ~0.5 s of CPU) comes only every wait_s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        st = status(status_path, wanted, run_id, started)
+        if st["finished"] or time.monotonic() + step_s > deadline:
+            return st
+        time.sleep(step_s)
+
+
 def stop_driver(status_path: Path, timeout_s: float = 10) -> int | None:
     """Stop the transfer driver of one host (SIGTERM: its rsyncs end, partial files kept), e.g. once the instance is
     destroyed or lost, where it would otherwise retry for data_sync_outage_s. Only a driver that holds this host's lock
