@@ -67,8 +67,7 @@ def init_pid(name: str) -> int:
     pid, started = _INITS.get(name, (0, ""))
     if not pid or _start_time(pid) != started:  # not asked yet, or stopped or restarted since
         out = run("inspect", "-f", "{{.State.Pid}}", name, check=False).stdout.decode().strip()
-        pid = int(out) if out.isdigit() else 0
-        started = _start_time(pid) if pid else ""
-        _INITS[name] = (pid, started) if started else (0, "")
-        pid = pid if started else 0
+        started = _start_time(int(out)) if out.isdigit() and out != "0" else ""
+        pid = int(out) if started else 0
+        _INITS[name] = (pid, started)
     return pid
